@@ -1,0 +1,18 @@
+"""Dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tuner_service.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The runtime built by ``create_app``."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -1,0 +1,86 @@
+"""Jobs, their trials, and their reports."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
+
+from tuner_service import jobs
+from tuner_service.api.deps import RuntimeDep
+from tuner_service.reports import build_report
+from tuner_service.schemas import (
+    ErrorBody,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    ReportPublic,
+    TrialsPublic,
+    TrialState,
+)
+from tuner_service.validation import as_validation_errors, spec_problems
+from tuner_service.views import job_public, trial_public
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job"}}
+
+
+@router.post("", status_code=201, response_model=JobPublic,
+             responses={422: {"model": ErrorBody}})
+def submit_job(spec: JobCreate, rt: RuntimeDep) -> JobPublic:
+    """Submit a tuning job; its trials are queued for the workers."""
+    problems = spec_problems(spec, rt.settings)
+    if problems:
+        raise RequestValidationError(as_validation_errors(problems))
+    job = jobs.submit_job(rt, spec)
+    return job_public(job, *jobs.get_job(rt, job.id)[1:])
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    rt: RuntimeDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobsPublic:
+    """List jobs, newest first."""
+    page, total = jobs.list_jobs(rt, offset, limit)
+    items = [job_public(*jobs.get_job(rt, job.id)) for job in page]
+    return JobsPublic(items=items, total=total)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def get_job(job_id: str, rt: RuntimeDep) -> JobPublic:
+    """A job's status, trial counts and best trial so far."""
+    return job_public(*jobs.get_job(rt, job_id))
+
+
+@router.get("/{job_id}/trials", response_model=TrialsPublic, responses=NOT_FOUND)
+def list_trials(
+    job_id: str,
+    rt: RuntimeDep,
+    state: TrialState | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> TrialsPublic:
+    """A job's trials by number, optionally only those in one state."""
+    _, records, _ = jobs.get_job(rt, job_id)
+    chosen = [r for r in records if state is None or r.state == state]
+    return TrialsPublic(
+        items=[trial_public(r) for r in chosen[offset: offset + limit]], total=len(chosen)
+    )
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic,
+             responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+def cancel_job(job_id: str, rt: RuntimeDep) -> JobPublic:
+    """Stop a job: no new trials start; running ones are pruned at their next epoch."""
+    jobs.cancel_job(rt, job_id)
+    return job_public(*jobs.get_job(rt, job_id))
+
+
+@router.get("/{job_id}/report", response_model=ReportPublic, responses=NOT_FOUND)
+def get_report(job_id: str, rt: RuntimeDep) -> ReportPublic:
+    """The best-config report: the winner against Adam's paper defaults."""
+    job, records, _ = jobs.get_job(rt, job_id)
+    return build_report(job, records)

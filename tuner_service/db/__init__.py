@@ -1,0 +1,1 @@
+"""The service's own tables (Optuna keeps its own)."""

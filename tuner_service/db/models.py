@@ -1,0 +1,70 @@
+"""ORM models of the service's tables. Every table is prefixed ``tuner_`` so that Optuna's
+tables, which live in the same database, are never confused with ours."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the tables use."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the service's tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class JobModel(Base):
+    """A tuning job; its trials live in the Optuna study named ``study_name``."""
+
+    __tablename__ = "tuner_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    study_name: Mapped[str] = mapped_column(String(100), unique=True)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class TrialSlotModel(Base):
+    """One of a job's ``n_trials`` units of work, the thing a Celery task carries out.
+
+    A slot ends in exactly one terminal state (done, cancelled, failed) however often its task
+    is delivered; ``attempts`` and ``task_id`` tell a redelivery after a lost worker from a
+    duplicate of a task that is still running.
+    """
+
+    __tablename__ = "tuner_trial_slots"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("tuner_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -1,0 +1,122 @@
+"""Persistence functions over the service's tables; callers own the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
+
+TERMINAL_SLOT_STATES = ("done", "cancelled", "failed")
+
+
+class NotFound(LookupError):
+    """No row with that id."""
+
+
+def add_job(session: Session, *, job: JobModel) -> None:
+    """Store a job and one queued slot per trial it will run."""
+    session.add(job)
+    session.flush()
+    session.add_all(TrialSlotModel(job_id=job.id, slot=i) for i in range(job.n_trials))
+
+
+def find_job(session: Session, job_id: str, *, lock: bool = False) -> JobModel | None:
+    """The job with that id, or None; ``lock`` holds its row until commit."""
+    query = select(JobModel).where(JobModel.id == job_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def find_job_or_raise(session: Session, job_id: str, *, lock: bool = False) -> JobModel:
+    """The job with that id; NotFound otherwise."""
+    job = find_job(session, job_id, lock=lock)
+    if job is None:
+        raise NotFound(job_id)
+    return job
+
+
+def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[JobModel], int]:
+    """A page of jobs, newest first, and the total count."""
+    total = session.scalar(select(func.count()).select_from(JobModel)) or 0
+    query = (
+        select(JobModel)
+        .order_by(JobModel.created_at.desc(), JobModel.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(session.scalars(query)), total
+
+
+def find_slot(session: Session, job_id: str, slot: int, *, lock: bool = False
+              ) -> TrialSlotModel | None:
+    """One slot of a job; ``lock`` holds its row so two deliveries cannot both claim it."""
+    query = select(TrialSlotModel).where(
+        TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot
+    )
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def slot_states(session: Session, job_id: str) -> dict[str, int]:
+    """How many of a job's slots are in each state."""
+    rows = session.execute(
+        select(TrialSlotModel.state, func.count())
+        .where(TrialSlotModel.job_id == job_id)
+        .group_by(TrialSlotModel.state)
+    )
+    return {state: count for state, count in rows}
+
+
+def mark_dispatched(session: Session, *, job_id: str, slot: int) -> None:
+    """Record that a slot's task reached the broker."""
+    session.execute(
+        update(TrialSlotModel)
+        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot)
+        .values(dispatched_at=utcnow())
+    )
+
+
+def touch_slot(session: Session, *, job_id: str, slot: int) -> None:
+    """Heartbeat: the worker running this slot is alive."""
+    session.execute(
+        update(TrialSlotModel)
+        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot)
+        .values(heartbeat_at=utcnow())
+    )
+
+
+def cancel_open_slots(session: Session, *, job_id: str) -> None:
+    """Queued slots of a cancelled job will never run."""
+    session.execute(
+        update(TrialSlotModel)
+        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.state == "queued")
+        .values(state="cancelled", finished_at=utcnow())
+    )
+
+
+def stale_slots(session: Session, *, heartbeat_before: datetime,
+                dispatched_before: datetime) -> list[TrialSlotModel]:
+    """Running slots whose worker went quiet, and queued slots never handed to the broker."""
+    running_lost = (TrialSlotModel.state == "running") & (
+        TrialSlotModel.heartbeat_at < heartbeat_before
+    )
+    never_sent = (TrialSlotModel.state == "queued") & TrialSlotModel.dispatched_at.is_(None) & (
+        TrialSlotModel.job_id.in_(
+            select(JobModel.id).where(JobModel.created_at < dispatched_before)
+        )
+    )
+    return list(session.scalars(select(TrialSlotModel).where(running_lost | never_sent)))
+
+
+def count_rows(session: Session) -> dict[str, Any]:
+    """Row counts of our tables (for health checks and tests that prove nothing was written)."""
+    return {
+        "jobs": session.scalar(select(func.count()).select_from(JobModel)),
+        "slots": session.scalar(select(func.count()).select_from(TrialSlotModel)),
+    }

@@ -1,0 +1,118 @@
+"""Use cases behind the API: submit, cancel, read, and recover work a lost worker left behind."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from tuner_service.db import repository as repo
+from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
+from tuner_service.db.session import session_scope
+from tuner_service.runtime import Runtime
+from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
+from tuner_service.studies import TrialRecord, study_name_for
+
+log = logging.getLogger(__name__)
+# Undispatched slots younger than this may still be on their way from submit_job.
+DISPATCH_GRACE_S = 30
+
+
+class JobConflict(Exception):
+    """The job is in a state that does not allow the request."""
+
+
+def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
+    """Store the job and its study, then enqueue one task per trial (after the commit)."""
+    job_id = uuid.uuid4().hex
+    study_name = study_name_for(job_id)
+    rt.studies.create(study_name, spec)
+    job = JobModel(
+        id=job_id,
+        name=spec.name or f"{spec.model.builtin}-{spec.dataset.builtin}",
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        study_name=study_name,
+        n_trials=spec.budget.n_trials,
+        created_at=utcnow(),
+    )
+    try:
+        with session_scope(rt.sessions) as session:
+            repo.add_job(session, job=job)
+    except Exception:
+        rt.studies.delete(study_name)
+        raise
+    dispatch(rt, job_id, range(job.n_trials))
+    return job
+
+
+def dispatch(rt: Runtime, job_id: str, slots: range | list[int]) -> None:
+    """Send the slots' tasks; a send that fails is left for ``recover_lost_work`` to repeat."""
+    for slot in slots:
+        try:
+            rt.queue.send_trial(job_id, slot)
+        except Exception:
+            log.exception("could not enqueue %s/%s; it will be sent again", job_id, slot)
+            continue
+        with session_scope(rt.sessions) as session:
+            repo.mark_dispatched(session, job_id=job_id, slot=slot)
+
+
+def cancel_job(rt: Runtime, job_id: str) -> JobModel:
+    """Stop handing out trials; running ones are pruned at their next epoch."""
+    with session_scope(rt.sessions) as session:
+        job = repo.find_job_or_raise(session, job_id, lock=True)
+        if job.status in TERMINAL_JOB_STATUSES:
+            if job.status == "cancelled":
+                return job
+            raise JobConflict(f"job {job_id} has already {job.status}")
+        job.status = "cancelled"
+        job.finished_at = utcnow()
+        repo.cancel_open_slots(session, job_id=job_id)
+    return job
+
+
+def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict[str, int]]:
+    """A job, its trials and its slot states."""
+    with session_scope(rt.sessions) as session:
+        job = repo.find_job_or_raise(session, job_id)
+        slots = repo.slot_states(session, job_id)
+    records = rt.studies.records(job.study_name, JobCreate.model_validate(job.spec))
+    return job, records, slots
+
+
+def list_jobs(rt: Runtime, offset: int, limit: int) -> tuple[list[JobModel], int]:
+    """A page of jobs, newest first."""
+    with session_scope(rt.sessions) as session:
+        return repo.list_jobs(session, offset=offset, limit=limit)
+
+
+def recover_lost_work(rt: Runtime) -> int:
+    """Resend slots whose worker went quiet or whose task never reached the broker.
+
+    Needed because the embedded folder broker never redelivers, and a whole worker node can die
+    where Celery's redelivery would wait for Redis's visibility timeout. A resend that races a
+    live task is harmless: claiming a slot is a compare-and-set.
+    """
+    now = utcnow()
+    with session_scope(rt.sessions) as session:
+        lost = repo.stale_slots(
+            session,
+            heartbeat_before=now - timedelta(seconds=rt.settings.stale_after_s),
+            dispatched_before=now - timedelta(seconds=DISPATCH_GRACE_S),
+        )
+        keys = [(slot.job_id, slot.slot) for slot in lost]
+        for slot in lost:
+            # Back to queued (its lost trial number kept): the next claim fails that trial and
+            # retries its parameters, and this pass will not pick the slot up again.
+            session.execute(
+                update(TrialSlotModel)
+                .where(TrialSlotModel.job_id == slot.job_id, TrialSlotModel.slot == slot.slot)
+                .values(state="queued", dispatched_at=now)
+            )
+    for job_id, slot_number in keys:
+        log.warning("resending lost trial slot %s/%s", job_id, slot_number)
+        dispatch(rt, job_id, [slot_number])
+    return len(keys)

@@ -1,0 +1,78 @@
+"""Task names and enqueueing by name: the API never imports the worker code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from tuner_service.config import Settings
+
+RUN_TRIAL_TASK = "tuner.run_trial"
+# Redis hands an unacknowledged task to another worker after this long: keep it above the
+# hard time limit, or a slow trial would run twice.
+VISIBILITY_MARGIN_S = 600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the producer (API) and the workers."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url or "filesystem://",
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": settings.queue_name,
+        "task_time_limit": settings.trial_time_limit_s,
+        "task_soft_time_limit": max(1, settings.trial_time_limit_s - 60),
+        "worker_max_tasks_per_child": settings.trials_per_worker_child,
+        "worker_hijack_root_logger": False,
+        "broker_transport_options": {
+            "visibility_timeout": settings.trial_time_limit_s + VISIBILITY_MARGIN_S,
+        },
+    }
+    if settings.uses_embedded_broker:
+        config["broker_transport_options"] = _folder_broker_options(settings)
+        # The folder transport has no broadcast channel for remote control.
+        config["worker_enable_remote_control"] = False
+    return config
+
+
+def _folder_broker_options(settings: Settings) -> dict[str, Any]:
+    folder = settings.broker_folder
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+        "polling_interval": settings.filesystem_poll_s,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``, with no tasks registered."""
+    app = Celery("tuner", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class TaskQueue:
+    """Sends trial tasks by name."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._celery = make_celery(settings)
+
+    def send_trial(self, job_id: str, slot: int) -> str:
+        """Enqueue one trial slot of a job; returns the Celery task id."""
+        result = self._celery.send_task(RUN_TRIAL_TASK, args=[job_id, slot])
+        return str(result.id)
+
+    def close(self) -> None:
+        """Release broker connections."""
+        self._celery.close()

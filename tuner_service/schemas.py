@@ -1,0 +1,239 @@
+"""Request and response models of the HTTP API (and the job spec the CLI reads from YAML)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tuner_service.search_space import SearchSpace
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TrialState = Literal["complete", "pruned", "fail", "running", "waiting"]
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogisticRegressionSpec(_Strict):
+    """Multinomial logistic regression (the Adam paper's first experiment)."""
+
+    builtin: Literal["logistic_regression"]
+
+
+class MLPSpec(_Strict):
+    """Fully connected ReLU network with dropout (the paper used 2 x 1000 units)."""
+
+    builtin: Literal["mlp"]
+    hidden_units: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+        default=[1000, 1000], min_length=1, max_length=8
+    )
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+
+
+class CNNSpec(_Strict):
+    """Convolutions, max-pooling and a dense layer (the paper's c64-c64-c128-1000)."""
+
+    builtin: Literal["cnn"]
+    filters: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default=[64, 64, 128], min_length=1, max_length=6
+    )
+    kernel_size: int = Field(default=5, ge=1, le=11)
+    pool_size: int = Field(default=3, ge=1, le=5)
+    dense_units: int = Field(default=1000, ge=1, le=8192)
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+
+
+ModelSpec = Annotated[
+    LogisticRegressionSpec | MLPSpec | CNNSpec, Field(discriminator="builtin")
+]
+
+
+class DatasetSpec(_Strict):
+    """A built-in data set. ``digits`` ships with scikit-learn; the others download once."""
+
+    builtin: Literal["digits", "mnist", "fashion_mnist", "cifar10"]
+    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
+    max_samples: int | None = Field(
+        default=None, ge=10, description="Use only this many examples (drawn by the job seed)."
+    )
+
+
+class Objective(_Strict):
+    """What a trial is scored by; the direction follows from the metric when omitted."""
+
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    direction: Literal["minimize", "maximize"] | None = None
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> Objective:
+        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        if self.direction is None:
+            object.__setattr__(self, "direction", natural)
+        elif self.direction != natural:
+            raise ValueError(f"{self.metric} should be {natural}d, not {self.direction}d")
+        return self
+
+    @property
+    def minimize(self) -> bool:
+        """True when smaller values are better."""
+        return self.direction == "minimize"
+
+
+class Budget(_Strict):
+    """How much compute the job may spend."""
+
+    n_trials: int = Field(default=20, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class PartialAdamConfig(_Strict):
+    """Adam numbers to try early; omitted ones are sampled."""
+
+    learning_rate: float | None = None
+    beta_1: float | None = None
+    beta_2: float | None = None
+    epsilon: float | None = None
+    decay: float | None = None
+
+
+class JobCreate(_Strict):
+    """A tuning job: which model on which data, what to search, and how much to spend."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    model: ModelSpec
+    dataset: DatasetSpec
+    search_space: SearchSpace = SearchSpace()
+    objective: Objective = Objective()
+    budget: Budget = Budget()
+    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    pruner: Literal["none", "median", "hyperband"] = "median"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    enqueue: list[PartialAdamConfig] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Configurations to try right after the paper defaults.",
+    )
+
+
+class AdamParams(BaseModel):
+    """The five Adam numbers of a trial, always all five (fixed ones too)."""
+
+    learning_rate: float
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    decay: float
+
+
+class TrialCounts(BaseModel):
+    """How many of a job's trials are in each state."""
+
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+
+
+class BestTrial(BaseModel):
+    """The best complete trial so far."""
+
+    trial_number: int
+    value: float
+    params: AdamParams
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    name: str
+    status: JobStatus
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    n_trials: int
+    trials_ended: int
+    trial_counts: TrialCounts
+    best: BestTrial | None
+    spec: JobCreate
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, newest first."""
+
+    items: list[JobPublic]
+    total: int
+
+
+class TrialPublic(BaseModel):
+    """One trial of a job's study."""
+
+    number: int
+    state: TrialState
+    params: AdamParams | None
+    value: float | None
+    intermediate_values: list[float]
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    fail_reason: str | None
+    is_baseline: bool
+
+
+class TrialsPublic(BaseModel):
+    """A page of trials, by trial number."""
+
+    items: list[TrialPublic]
+    total: int
+
+
+class BaselineTrial(BaseModel):
+    """The trial that ran Adam's paper defaults."""
+
+    trial_number: int
+    state: TrialState
+    value: float | None
+    params: AdamParams
+
+
+class Improvement(BaseModel):
+    """How much the best trial beats the paper defaults; positive is better."""
+
+    absolute: float
+    relative: float | None
+
+
+class ReportPublic(BaseModel):
+    """The best-config report of a job (partial while it runs)."""
+
+    job_id: str
+    status: JobStatus
+    partial: bool
+    objective: Objective
+    trial_counts: TrialCounts
+    best: BestTrial | None
+    baseline: BaselineTrial | None
+    improvement: Improvement | None
+    keras_snippet: str | None
+    message: str | None
+
+
+class FieldError(BaseModel):
+    """One problem with a request, named by its field."""
+
+    field: str
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every 4xx answer."""
+
+    detail: str | list[FieldError]

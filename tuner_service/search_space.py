@@ -1,0 +1,180 @@
+"""The Adam search space: validation, its Optuna distributions, and Optuna params <-> AdamConfig.
+
+Betas live close to 1, where the interesting values are 0.99, 0.999 and 0.9999; a ``log`` range
+of a beta is therefore sampled as ``1 - beta`` on a log scale (Optuna names it ``one_minus_*``),
+while the API keeps speaking in beta values. A ``decay`` range may ``include_zero``: "no decay" is
+the paper default and often the best choice, and a log scale cannot reach 0 on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
+
+from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
+
+DECAY_SWITCH = "decay_enabled"
+
+
+class ParamRange(BaseModel):
+    """A searched interval; ``log`` samples it on a log scale (1 - beta for the betas)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    high: float
+    log: bool = False
+    include_zero: bool = False
+
+    @field_validator("low", "high")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ParamRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` can be sampled from this range."""
+        if value == 0 and self.include_zero:
+            return True
+        return self.low * (1 - 1e-12) <= value <= self.high * (1 + 1e-12)
+
+
+def _param_kind(value: Any) -> str:
+    return "range" if isinstance(value, dict | ParamRange) else "fixed"
+
+
+Param = Annotated[
+    Annotated[float, Tag("fixed")] | Annotated[ParamRange, Tag("range")],
+    Discriminator(_param_kind),
+]
+
+
+def _check_domain(name: str, param: float | ParamRange) -> None:
+    """Raise ValueError when ``param`` leaves the values Adam accepts for ``name``."""
+    lows = [param] if isinstance(param, float | int) else [param.low, param.high]
+    if isinstance(param, ParamRange):
+        if param.include_zero and name != "decay":
+            raise ValueError("include_zero is only meaningful for decay")
+        if param.log and name in ("beta_1", "beta_2"):
+            pass  # 1 - beta is sampled on the log scale; 0 <= beta < 1 is all it needs
+        elif param.log and param.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+    for value in lows:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if name in ("learning_rate", "epsilon") and value <= 0:
+            raise ValueError(f"{name} must be > 0")
+        if name in ("beta_1", "beta_2") and not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1): beta = 1 divides by zero")
+        if name == "decay" and value < 0:
+            raise ValueError("decay must be >= 0")
+
+
+class SearchSpace(BaseModel):
+    """Per Adam number: a fixed value or a range. Omitted numbers use the default range."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: Param = ParamRange(low=1e-5, high=1e-1, log=True)
+    beta_1: Param = ParamRange(low=0.5, high=0.999, log=True)
+    beta_2: Param = ParamRange(low=0.9, high=0.9999, log=True)
+    epsilon: Param = ParamRange(low=1e-10, high=1.0, log=True)
+    decay: Param = ParamRange(low=1e-6, high=1e-2, log=True, include_zero=True)
+
+    @field_validator(*PARAM_NAMES)
+    @classmethod
+    def _in_domain(cls, value: float | ParamRange, info: Any) -> float | ParamRange:
+        _check_domain(info.field_name, value)
+        return float(value) if isinstance(value, int | float) else value
+
+    def param(self, name: str) -> float | ParamRange:
+        """The fixed value or range of one Adam number."""
+        value: float | ParamRange = getattr(self, name)
+        return value
+
+    def contains(self, config: AdamConfig) -> bool:
+        """True when every number of ``config`` lies in this space."""
+        return all(self.contains_value(k, getattr(config, k)) for k in PARAM_NAMES)
+
+    def contains_value(self, name: str, value: float) -> bool:
+        """True when ``value`` is a possible value of the Adam number ``name``."""
+        param = self.param(name)
+        if isinstance(param, ParamRange):
+            return param.contains(value)
+        return math.isclose(param, value, rel_tol=1e-9, abs_tol=0.0)
+
+
+def _one_minus(name: str) -> str:
+    return f"one_minus_{name}"
+
+
+def suggest_config(trial: optuna.Trial, space: SearchSpace) -> AdamConfig:
+    """Sample every searched number of ``space`` through ``trial``; fixed ones pass through."""
+    values = {name: _suggest(trial, name, space.param(name)) for name in PARAM_NAMES}
+    return AdamConfig(**values)
+
+
+def _suggest(trial: optuna.Trial, name: str, param: float | ParamRange) -> float:
+    if not isinstance(param, ParamRange):
+        return param
+    if param.include_zero and not trial.suggest_categorical(DECAY_SWITCH, [False, True]):
+        return 0.0
+    if param.log and name in ("beta_1", "beta_2"):
+        one_minus = trial.suggest_float(_one_minus(name), 1 - param.high, 1 - param.low, log=True)
+        return 1.0 - one_minus
+    return trial.suggest_float(name, param.low, param.high, log=param.log)
+
+
+def to_optuna_params(values: Mapping[str, float], space: SearchSpace) -> dict[str, Any]:
+    """The Optuna params that make ``suggest_config`` return ``values`` (for enqueueing).
+
+    ``values`` may name only some Adam numbers; the others are left to the sampler.
+    """
+    params: dict[str, Any] = {}
+    for name, value in values.items():
+        param = space.param(name)
+        if not isinstance(param, ParamRange):
+            continue
+        if param.include_zero:
+            params[DECAY_SWITCH] = value != 0
+            if value == 0:
+                continue
+        if param.log and name in ("beta_1", "beta_2"):
+            params[_one_minus(name)] = 1.0 - value
+        else:
+            params[name] = value
+    return params
+
+
+def config_from_params(params: dict[str, Any], space: SearchSpace) -> AdamConfig:
+    """Rebuild the AdamConfig of a stored trial from its Optuna parameters."""
+    values: dict[str, float] = {}
+    for name in PARAM_NAMES:
+        param = space.param(name)
+        if not isinstance(param, ParamRange):
+            values[name] = param
+        elif param.include_zero and not params.get(DECAY_SWITCH, True):
+            values[name] = 0.0
+        elif _one_minus(name) in params:
+            values[name] = 1.0 - float(params[_one_minus(name)])
+        else:
+            values[name] = float(params[name])
+    return AdamConfig(**values)
+
+
+def baseline_params(space: SearchSpace) -> dict[str, Any] | None:
+    """Optuna params of Adam's paper defaults, or None when they lie outside ``space``."""
+    if not space.contains(PAPER_DEFAULTS):
+        return None
+    return to_optuna_params(PAPER_DEFAULTS.as_dict(), space)

@@ -1,0 +1,223 @@
+"""Everything that touches Optuna: studies, samplers, pruners, ask/report/tell, trial records.
+
+One Optuna study per job, in Optuna's own RDB tables (Optuna migrates those itself). Queue
+workers use ask/tell, so Optuna's heartbeat does not apply; liveness is tracked by the slot
+table (see ``trials.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner_service.adam import AdamConfig
+from tuner_service.schemas import JobCreate
+from tuner_service.search_space import (
+    baseline_params,
+    config_from_params,
+    suggest_config,
+    to_optuna_params,
+)
+
+BASELINE_ATTR = "baseline"
+FAIL_REASON_ATTR = "fail_reason"
+_STATE_NAMES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "fail",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class SearchStopped(Exception):
+    """The search cannot go on (e.g. a sampler that this worker cannot run)."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as stored in the study, in plain data."""
+
+    number: int
+    state: str
+    config: AdamConfig | None
+    value: float | None
+    intermediate_values: tuple[float, ...]
+    started_at: datetime | None
+    finished_at: datetime | None
+    fail_reason: str | None
+    is_baseline: bool
+
+    @property
+    def duration_s(self) -> float | None:
+        """Wall time of a finished trial."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class AskedTrial:
+    """A trial handed out by the study: its number and the Adam numbers to train."""
+
+    number: int
+    config: AdamConfig
+
+
+def study_name_for(job_id: str) -> str:
+    """Optuna study names are global in a storage: prefix ours."""
+    return f"tuner-job-{job_id}"
+
+
+def make_sampler(spec: JobCreate, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler a job asked for, seeded."""
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "gp":
+        if importlib.util.find_spec("torch") is None:
+            raise SearchStopped("sampler 'gp' needs PyTorch on the workers: "
+                                "pip install 'tuner-service[gp]'")
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(spec: JobCreate) -> optuna.pruners.BasePruner:
+    """The pruner a job asked for; epochs are its steps."""
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.budget.epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+class StudyStore:
+    """Optuna storage of one database, with this process's studies and running trials cached.
+
+    Caching a job's ``Study`` keeps its sampler's random state across trials in one process, so
+    one worker draws the same sequence as an in-process ``study.optimize`` with the same seed.
+    """
+
+    def __init__(self, url: str, engine_kwargs: dict[str, Any]) -> None:
+        self._url = url
+        self._engine_kwargs = engine_kwargs
+        self._storage: optuna.storages.RDBStorage | None = None
+        self._studies: dict[str, optuna.Study] = {}
+        self._running: dict[tuple[str, int], optuna.Trial] = {}
+
+    @property
+    def storage(self) -> optuna.storages.RDBStorage:
+        """Optuna's RDB storage, created (and its tables migrated) on first use."""
+        if self._storage is None:
+            self._storage = optuna.storages.RDBStorage(
+                self._url, engine_kwargs=dict(self._engine_kwargs)
+            )
+        return self._storage
+
+    def create(self, study_name: str, spec: JobCreate) -> None:
+        """Create the job's study and enqueue the paper defaults, then the user's configs."""
+        study = optuna.create_study(
+            storage=self.storage, study_name=study_name, direction=spec.objective.direction
+        )
+        baseline = baseline_params(spec.search_space)
+        if baseline is not None:
+            study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
+        for partial in spec.enqueue:
+            values = partial.model_dump(exclude_none=True)
+            study.enqueue_trial(to_optuna_params(values, spec.search_space))
+
+    def delete(self, study_name: str) -> None:
+        """Remove a study (used when the job that owns it could not be stored)."""
+        optuna.delete_study(study_name=study_name, storage=self.storage)
+
+    def ask(self, study_name: str, spec: JobCreate, seed_offset: int) -> AskedTrial:
+        """Hand out the next trial and sample its Adam numbers."""
+        study = self._study(study_name, spec, seed_offset)
+        trial = study.ask()
+        config = suggest_config(trial, spec.search_space)
+        self._running[(study_name, trial.number)] = trial
+        return AskedTrial(number=trial.number, config=config)
+
+    def report(self, study_name: str, number: int, epoch: int, value: float) -> bool:
+        """Record one epoch's objective; True when the pruner says stop."""
+        trial = self._running[(study_name, number)]
+        trial.report(value, step=epoch)
+        return bool(trial.should_prune())
+
+    def tell(self, study_name: str, number: int, state: str, value: float | None,
+             reason: str | None = None) -> None:
+        """Finish a trial (complete, pruned or fail); a second tell is ignored."""
+        study = self._studies.get(study_name) or optuna.load_study(
+            study_name=study_name, storage=self.storage
+        )
+        self._running.pop((study_name, number), None)
+        if reason:
+            self._set_reason(study_name, number, reason)
+        optuna_state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+                        "fail": TrialState.FAIL}[state]
+        values = value if optuna_state == TrialState.COMPLETE else None
+        study.tell(number, values, state=optuna_state, skip_if_finished=True)
+
+    def _set_reason(self, study_name: str, number: int, reason: str) -> None:
+        study_id = self.storage.get_study_id_from_name(study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        if not self.storage.get_trial(trial_id).state.is_finished():
+            self.storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+
+    def retry_params(self, study_name: str, number: int) -> None:
+        """Enqueue a lost trial's parameters again so that its retry trains the same config."""
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
+        trial = study.get_trials(deepcopy=False)[number]
+        study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
+
+    def records(self, study_name: str, spec: JobCreate) -> list[TrialRecord]:
+        """Every trial of a study as plain records, by number."""
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
+        return [_record(t, spec) for t in study.get_trials(deepcopy=False)]
+
+    def _study(self, study_name: str, spec: JobCreate, seed_offset: int) -> optuna.Study:
+        if study_name not in self._studies:
+            self._studies[study_name] = optuna.load_study(
+                study_name=study_name,
+                storage=self.storage,
+                sampler=make_sampler(spec, spec.seed + seed_offset),
+                pruner=make_pruner(spec),
+            )
+        return self._studies[study_name]
+
+
+def _record(trial: FrozenTrial, spec: JobCreate) -> TrialRecord:
+    params = trial.params or trial.system_attrs.get("fixed_params")
+    config = None
+    if params is not None:
+        try:
+            config = config_from_params(dict(params), spec.search_space)
+        except KeyError:
+            config = None  # an enqueued partial config whose other numbers are not sampled yet
+    value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
+    steps = sorted(trial.intermediate_values.items())
+    return TrialRecord(
+        number=trial.number,
+        state=_STATE_NAMES[trial.state],
+        config=config,
+        value=value,
+        intermediate_values=tuple(v for _, v in steps if math.isfinite(v)),
+        started_at=_aware(trial.datetime_start),
+        finished_at=_aware(trial.datetime_complete),
+        fail_reason=trial.user_attrs.get(FAIL_REASON_ATTR),
+        is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR, False)),
+    )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Optuna stores naive local times; the API speaks UTC."""
+    return moment.astimezone(UTC) if moment is not None else None

@@ -1,0 +1,1 @@
+"""Celery workers that train Keras models with sampled Adam configurations."""

@@ -1,0 +1,37 @@
+"""The worker's Celery app: JSON only, late ack, prefetch 1 (see tuner_service.queue).
+
+TensorFlow is imported in each pool child after the fork (``worker_process_init``), never in
+the parent: a forked TensorFlow/CUDA runtime hangs or fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from tuner_service.config import Settings
+from tuner_service.queue import make_celery
+
+log = logging.getLogger(__name__)
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    """The worker app with the trial task registered."""
+    app = make_celery(settings or Settings())
+    app.conf.update(include=["workers.tasks"])
+    return app
+
+
+app = create_celery()
+
+
+@worker_process_init.connect
+def _warm_child(**_kwargs: Any) -> None:
+    # Pay TensorFlow's import once per child, before the first task arrives.
+    from workers import training
+
+    gpus = training.configure_devices()
+    log.info("worker child ready; GPUs: %s", gpus or "none (CPU)")

@@ -1,0 +1,60 @@
+"""Celery tasks: thin. Load the ticket, train, tell; the logic lives in tuner_service.trials."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tuner_service import trials
+from tuner_service.config import Settings
+from tuner_service.queue import RUN_TRIAL_TASK
+from tuner_service.runtime import Runtime, build_runtime
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+# Infrastructure failures: retried with backoff, the trial itself is not to blame.
+INFRASTRUCTURE_ERRORS = (OperationalError, DBAPIError, ConnectionError)
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """This process's runtime, built after the fork (engines must not cross a fork)."""
+    return build_runtime(Settings())
+
+
+@app.task(name=RUN_TRIAL_TASK, bind=True, autoretry_for=INFRASTRUCTURE_ERRORS,
+          retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=8)
+def run_trial(self: Task, job_id: str, slot: int) -> None:
+    """Run one trial slot of a job (safe to deliver more than once)."""
+    rt = runtime()
+    ticket = trials.start_trial(rt, job_id, slot, str(self.request.id))
+    if ticket is None:
+        return
+    outcome = train_ticket(rt, ticket)
+    trials.finish_trial(rt, ticket, outcome)
+
+
+def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome:
+    """Train one ticket; a failure of the trial itself becomes a ``fail`` outcome."""
+    from workers.training import TrainSpec, train
+
+    def on_epoch(epoch: int, value: float) -> str | None:
+        return trials.report_epoch(rt, ticket, epoch, value)
+
+    try:
+        with trials.keep_alive(rt, ticket):
+            result = train(TrainSpec.from_job(ticket.spec), [ticket.config], [on_epoch])[0]
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except SoftTimeLimitExceeded:
+        return trials.TrialOutcome("fail", reason="trial exceeded its time limit")
+    except Exception as error:  # this configuration failed; the search goes on
+        log.warning("trial %s of job %s failed", ticket.number, ticket.job_id, exc_info=True)
+        last = traceback.format_exception_only(error)[-1].strip()
+        return trials.TrialOutcome("fail", reason=f"training error: {last}"[:500])
+    return trials.TrialOutcome(result.state, result.value, result.reason)

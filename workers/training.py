@@ -1,0 +1,142 @@
+"""The only module that trains: Keras 3 (TensorFlow backend), nothing of the DB, Celery or Optuna.
+
+``train`` takes several Adam configurations at once so that a later version can pack K small
+trials into one pass; today it fits them one after another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tuner_service.adam import AdamConfig
+from tuner_service.schemas import DatasetSpec, JobCreate, ModelSpec
+from workers.data import load_dataset
+from workers.models import build_model
+
+# Called after each epoch with (epoch starting at 1, objective value); returns why training
+# must stop now ("pruned", "cancelled"), or None to go on.
+EpochHook = Callable[[int, float], str | None]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything about a training run except the optimizer."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    epochs: int
+    batch_size: int
+    metric: str
+    seed: int
+
+    @classmethod
+    def from_job(cls, spec: JobCreate) -> TrainSpec:
+        """The training part of a job spec."""
+        return cls(model=spec.model, dataset=spec.dataset, epochs=spec.budget.epochs,
+                   batch_size=spec.budget.batch_size, metric=spec.objective.metric,
+                   seed=spec.seed)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How one configuration's training ended: complete, pruned (stopped early) or fail."""
+
+    state: str
+    value: float | None
+    reason: str | None
+    epochs_run: int
+    history: tuple[float, ...] = field(default_factory=tuple)
+
+
+def make_optimizer(config: AdamConfig) -> keras.optimizers.Adam:
+    """Adam from the five numbers; decay becomes lr / (1 + decay * step) (Keras 2 semantics)."""
+    learning_rate: Any = config.learning_rate
+    if config.decay > 0:
+        learning_rate = keras.optimizers.schedules.InverseTimeDecay(
+            initial_learning_rate=config.learning_rate, decay_steps=1, decay_rate=config.decay
+        )
+    return keras.optimizers.Adam(
+        learning_rate=learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
+        epsilon=config.epsilon,
+    )
+
+
+def train(spec: TrainSpec, configs: Sequence[AdamConfig], hooks: Sequence[EpochHook]
+          ) -> list[TrainResult]:
+    """Train the model once per configuration; ``hooks[i]`` sees configuration i's epochs."""
+    return [_train_one(spec, config, hook) for config, hook in zip(configs, hooks, strict=True)]
+
+
+def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainResult:
+    data = load_dataset(spec.dataset, spec.seed)
+    keras.backend.clear_session()
+    # The same seed for every trial: each starts from the same weights and batch order, so
+    # trials differ only in their Adam numbers.
+    keras.utils.set_random_seed(spec.seed)
+    model = build_model(spec.model, data.input_shape, data.n_classes)
+    model.compile(
+        optimizer=make_optimizer(config),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    watcher = _EpochWatcher(spec.metric, hook)
+    try:
+        model.fit(
+            data.x_train, data.y_train, batch_size=spec.batch_size, epochs=spec.epochs,
+            validation_data=(data.x_val, data.y_val), callbacks=[watcher], verbose=0,
+        )
+    except tf.errors.ResourceExhaustedError as error:
+        return TrainResult("fail", None, f"out of memory: {error.message[:200]}",
+                           len(watcher.history), tuple(watcher.history))
+    return watcher.result()
+
+
+class _EpochWatcher(keras.callbacks.Callback):
+    """Reports each epoch's objective, and stops on divergence, pruning or cancellation."""
+
+    def __init__(self, metric: str, hook: EpochHook) -> None:
+        super().__init__()
+        self._metric = metric
+        self._hook = hook
+        self.history: list[float] = []
+        self._stopped: tuple[str, str] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        loss, value = float(logs.get("loss", math.nan)), float(logs.get(self._metric, math.nan))
+        if not (math.isfinite(loss) and math.isfinite(value)):
+            bad = "loss" if not math.isfinite(loss) else self._metric
+            self._stop("fail", f"diverged: {bad} is {logs.get(bad)} at epoch {epoch + 1}")
+            return
+        self.history.append(value)
+        reason = self._hook(epoch + 1, value)
+        if reason is not None:
+            self._stop("pruned", reason)
+
+    def _stop(self, state: str, reason: str) -> None:
+        self._stopped = (state, reason)
+        self.model.stop_training = True
+
+    def result(self) -> TrainResult:
+        """The outcome once fit has returned."""
+        history = tuple(self.history)
+        if self._stopped is not None:
+            state, reason = self._stopped
+            return TrainResult(state, None, reason, len(history), history)
+        if not history:
+            return TrainResult("fail", None, "no epoch finished", 0, history)
+        return TrainResult("complete", history[-1], None, len(history), history)
+
+
+def configure_devices() -> list[str]:
+    """Let TensorFlow grow GPU memory as needed (one worker process per GPU); list GPUs."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return [gpu.name for gpu in gpus]
