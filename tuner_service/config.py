@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         "under $TUNER_HOME that needs no server.",
     )
     queue_name: str = "tuner.trials"
+    url: str = Field(
+        default="http://127.0.0.1:8000", description="Where the CLI finds the API server."
+    )
 
     # Limits a single job may ask for; they keep one user from taking the cluster.
     max_trials: int = 1000

@@ -1,0 +1,298 @@
+"""The ``tuner`` command: run the service, and submit and watch jobs over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tuner_service.client import ApiError, TunerClient
+from tuner_service.config import Settings
+from tuner_service.schemas import TERMINAL_JOB_STATUSES
+
+app = typer.Typer(help="Find the best Adam settings for Keras models.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="API server (default: $TUNER_URL or localhost:8000)")
+]
+
+
+def _client(url: str | None) -> TunerClient:
+    return TunerClient(url or Settings().url)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _call(url: str | None, method: str, *args: Any) -> dict[str, Any]:
+    """Call the API; turn refusals and unreachable servers into messages and exit codes."""
+    import httpx
+
+    try:
+        with _client(url) as client:
+            result: dict[str, Any] = getattr(client, method)(*args)
+            return result
+    except ApiError as error:
+        raise _fail(str(error), 2 if error.status_code == 422 else 1) from None
+    except httpx.TransportError as error:
+        raise _fail(f"cannot reach the API at {url or Settings().url}: {error}") from None
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database (our tables and Optuna's)."""
+    from tuner_service.db.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings)
+    console.print(f"database ready: {_safe_url(settings.resolved_database_url)}")
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the HTTP API server."""
+    import uvicorn
+
+    from tuner_service.app import create_app
+
+    uvicorn.run(create_app(Settings()), host=host, port=port)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Pool processes (use 1 per GPU)")] = 1,
+    gpu: Annotated[str | None, typer.Option(help="Pin to this GPU index")] = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker that trains trials (TensorFlow loads in its pool children)."""
+    from tuner_service.embedded import worker_command, worker_env
+
+    command = worker_command(Settings(), concurrency=concurrency, loglevel=loglevel)
+    os.execvpe(command[0], command, worker_env(gpu))
+
+
+@app.command()
+def up(
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU indices")] = None,
+) -> None:
+    """Run everything on this machine: migrate, N workers and the API (Ctrl-C stops all)."""
+    import uvicorn
+
+    from tuner_service.app import create_app
+    from tuner_service.db.migrate import upgrade
+    from tuner_service.embedded import start_workers, stop_workers
+
+    settings = Settings()
+    upgrade(settings)
+    processes = start_workers(settings, workers, gpus.split(",") if gpus else None)
+    console.print(f"tuner-service on http://{host}:{port} with {workers} worker(s); "
+                  f"data in {settings.home.resolve()}")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    finally:
+        stop_workers(processes)
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON)")],
+    wait: Annotated[bool, typer.Option(help="Wait for the job and print its report")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Submit a tuning job."""
+    job = _call(url, "submit", _read_spec(spec_file))
+    console.print(f"submitted job [bold]{job['id']}[/bold] ({job['name']}), "
+                  f"{job['n_trials']} trials")
+    if wait:
+        final = wait_for(url, job["id"])
+        print_report(_call(url, "report", job["id"]))
+        if final["status"] != "succeeded":
+            raise _fail(f"job {final['status']}: {final.get('error') or ''}".strip())
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise _fail(f"cannot read {path}: {error.strerror}", 2) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise _fail(f"{path} is not valid YAML/JSON: {error}", 2) from None
+    if not isinstance(data, dict):
+        raise _fail(f"{path} must hold a mapping (the job spec), not {type(data).__name__}", 2)
+    return data
+
+
+def wait_for(url: str | None, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+    """Show a progress bar until the job ends; returns the final job."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[best]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        job = _call(url, "job", job_id)
+        bar = progress.add_task("trials", total=job["n_trials"], best="")
+        while True:
+            best = job.get("best")
+            progress.update(bar, completed=job["trials_ended"], description=job["status"],
+                            best=f"best {best['value']:.4g}" if best else "")
+            if job["status"] in TERMINAL_JOB_STATUSES:
+                return job
+            time.sleep(poll_s)
+            job = _call(url, "job", job_id)
+
+
+@app.command()
+def jobs(url: UrlOption = None, limit: int = 20) -> None:
+    """List jobs, newest first."""
+    page = _call(url, "jobs", 0, limit)
+    table = Table("id", "name", "status", "trials", "best", "created")
+    for job in page["items"]:
+        best = job["best"]["value"] if job["best"] else None
+        table.add_row(job["id"], job["name"], job["status"],
+                      f"{job['trials_ended']}/{job['n_trials']}",
+                      f"{best:.4g}" if best is not None else "-", job["created_at"][:19])
+    console.print(table)
+    console.print(f"{page['total']} job(s)")
+
+
+@app.command()
+def status(job_id: str, url: UrlOption = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a job's status, trial counts and best trial."""
+    job = _call(url, "job", job_id)
+    if as_json:
+        console.print_json(json.dumps(job))
+        return
+    console.print(f"[bold]{job['name']}[/bold] {job['id']}: {job['status']}, "
+                  f"{job['trials_ended']}/{job['n_trials']} trials ended")
+    console.print("  " + ", ".join(f"{k} {v}" for k, v in job["trial_counts"].items()))
+    if job["best"]:
+        console.print(f"  best: trial {job['best']['trial_number']} = {job['best']['value']:.6g}")
+    if job["error"]:
+        console.print(f"  [red]{job['error']}[/red]")
+
+
+@app.command()
+def cancel(job_id: str, url: UrlOption = None) -> None:
+    """Cancel a job: no new trials; running ones are pruned."""
+    job = _call(url, "cancel", job_id)
+    console.print(f"job {job['id']}: {job['status']}")
+
+
+@app.command()
+def report(job_id: str, url: UrlOption = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print a job's best-config report."""
+    body = _call(url, "report", job_id)
+    if as_json:
+        console.print_json(json.dumps(body))
+    else:
+        print_report(body)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report as a table: best against the paper defaults, and the Keras snippet."""
+    metric = report["objective"]["metric"]
+    title = f"Best Adam configuration ({metric}, {report['objective']['direction']})"
+    if report["partial"]:
+        title += " — partial, the job is still running"
+    table = Table("", "best", "paper defaults", title=title)
+    best, base = report["best"], report["baseline"]
+    for key in ("learning_rate", "beta_1", "beta_2", "epsilon", "decay"):
+        table.add_row(key, _num(best["params"][key]) if best else "-",
+                      _num(base["params"][key]) if base else "-")
+    table.add_row(metric, _num(best["value"]) if best else "-",
+                  _num(base["value"]) if base and base["value"] is not None else "-")
+    console.print(table)
+    counts = report["trial_counts"]
+    console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if report["improvement"]:
+        gain = report["improvement"]
+        relative = f" ({gain['relative']:.1%})" if gain["relative"] is not None else ""
+        console.print(f"improvement over the paper defaults: {gain['absolute']:.4g}{relative}")
+    if report["message"]:
+        console.print(report["message"])
+    if report["keras_snippet"]:
+        console.print("\n" + report["keras_snippet"], highlight=False, markup=False)
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    port: Annotated[int, typer.Option(help="Port of the temporary server")] = 8765,
+    trials: Annotated[int | None, typer.Option(help="Override n_trials")] = None,
+) -> None:
+    """Start the embedded service, tune the built-in digits example, print its report, stop."""
+    import subprocess
+
+    spec = _read_spec(EXAMPLE_SPEC)
+    if trials is not None:
+        spec["budget"]["n_trials"] = trials
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "tuner_service.cli", "up", "--port",
+                               str(port), "--workers", str(workers)])
+    try:
+        _wait_healthy(url, server)
+        job = _call(url, "submit", spec)
+        console.print(f"demo job {job['id']}: {job['n_trials']} trials of "
+                      f"{spec['name']} ({spec['budget']['epochs']} epochs each)")
+        final = wait_for(url, job["id"])
+        print_report(_call(url, "report", job["id"]))
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait()
+    if final["status"] != "succeeded":
+        raise _fail(f"demo job {final['status']}: {final.get('error') or ''}")
+
+
+EXAMPLE_SPEC = Path(__file__).parent / "examples" / "digits-logreg.yaml"
+
+
+def _wait_healthy(url: str, server: Any, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with _client(url) as client:
+        while not client.healthy():
+            if server.poll() is not None:
+                raise _fail("the embedded service did not start (see the messages above)")
+            if time.monotonic() > deadline:
+                raise _fail(f"the embedded service did not answer within {timeout_s:.0f} s")
+            time.sleep(0.3)
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
