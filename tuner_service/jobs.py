@@ -111,6 +111,7 @@ def recover_lost_work(rt: Runtime) -> int:
                 update(TrialSlotModel)
                 .where(TrialSlotModel.job_id == slot.job_id, TrialSlotModel.slot == slot.slot)
                 .values(state="queued", dispatched_at=now)
+                .execution_options(synchronize_session=False)
             )
     for job_id, slot_number in keys:
         log.warning("resending lost trial slot %s/%s", job_id, slot_number)

@@ -26,6 +26,7 @@ class Runtime:
     def close(self) -> None:
         """Release connections (pools, broker)."""
         self.queue.close()
+        self.studies.close()
         self.engine.dispose()
 
 

@@ -123,6 +123,14 @@ class StudyStore:
             )
         return self._storage
 
+    def close(self) -> None:
+        """Close Optuna's connection pool."""
+        if self._storage is not None:
+            self._storage.remove_session()
+            self._storage.engine.dispose()
+            self._storage = None
+        self._studies.clear()
+
     def create(self, study_name: str, spec: JobCreate) -> None:
         """Create the job's study and enqueue the paper defaults, then the user's configs."""
         study = optuna.create_study(

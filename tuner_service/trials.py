@@ -108,6 +108,7 @@ def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> int | None | bo
             .where(TrialSlotModel.attempts == before.attempts)
             .values(state="running", task_id=task_id, attempts=TrialSlotModel.attempts + 1,
                     heartbeat_at=utcnow(), trial_number=None)
+            .execution_options(synchronize_session=False)
         ).rowcount
     if claimed == 1:
         return lost

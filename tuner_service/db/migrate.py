@@ -31,7 +31,9 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     finally:
         engine.dispose()
     url = settings.resolved_database_url
-    _ = StudyStore(url, engine_kwargs(url, settings)).storage
+    studies = StudyStore(url, engine_kwargs(url, settings))
+    _ = studies.storage  # creating the storage creates or upgrades Optuna's tables
+    studies.close()
 
 
 def downgrade(settings: Settings, revision: str) -> None:

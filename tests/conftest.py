@@ -1,0 +1,153 @@
+"""Shared fixtures: real SQLite / PostgreSQL databases, a real Redis, real worker processes.
+
+Contract tests take the ``backend`` fixture and so run once on SQLite with the embedded folder
+broker and once on PostgreSQL with Redis. ``.ci/run`` sets TUNER_TEST_REQUIRE_SERVERS=1 so a
+missing server fails the run instead of skipping those tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.servers import PostgresServer, RedisServer
+from tuner_service.app import create_app
+from tuner_service.config import Settings
+from tuner_service.db.migrate import upgrade
+from tuner_service.embedded import stop_workers, worker_command
+from tuner_service.runtime import Runtime, build_runtime
+
+BACKENDS = ["sqlite", "postgresql"]
+REQUIRE_SERVERS = os.environ.get("TUNER_TEST_REQUIRE_SERVERS") == "1"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _start_or_skip(start: Any) -> Any:
+    try:
+        return start()
+    except FileNotFoundError as missing:
+        if REQUIRE_SERVERS:
+            raise
+        pytest.skip(f"{missing} is not installed (CI installs it)")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = _start_or_skip(PostgresServer.start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    folder = tmp_path_factory.mktemp("redis")
+    server = _start_or_skip(lambda: RedisServer.start(folder))
+    yield server
+    server.stop()
+
+
+def make_settings(backend: str, home: Path, request: pytest.FixtureRequest,
+                  **overrides: Any) -> Settings:
+    """Isolated settings: a new SQLite file or PostgreSQL database, and a queue of its own."""
+    values: dict[str, Any] = {"home": home, "queue_name": f"tuner.test.{uuid.uuid4().hex[:8]}"}
+    if backend == "postgresql":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        values["database_url"] = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+        values["broker_url"] = redis.url()
+    return Settings(**{**values, **overrides})
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes another process build the same Settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"TUNER_{name.upper()}"] = str(value)
+    return env
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    settings = make_settings(backend, tmp_path / "home", request)
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = build_runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, recover_every_s=None)) as test_client:
+        yield test_client
+
+
+class WorkerStack:
+    """Settings, an API client and real Celery worker processes over one database."""
+
+    def __init__(self, settings: Settings, client: TestClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.log = settings.home / "workers.log"
+
+    def start_worker(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
+        command = worker_command(self.settings, concurrency=concurrency,
+                                 name=f"test-{len(self.workers)}", loglevel="INFO")
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(command, env=settings_env(self.settings),
+                                       stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(process)
+        return process
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        response = self.client.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def wait(self, job_id: str, until: Any = None, timeout_s: float = 240.0) -> dict[str, Any]:
+        """Poll the job until ``until(job)`` (default: a terminal status)."""
+        done = until or (lambda job: job["status"] in TERMINAL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if done(job):
+                return dict(job)
+            time.sleep(0.25)
+        raise AssertionError(f"job {job_id} not done in {timeout_s} s: {job}\n"
+                             + self.log.read_text()[-3000:])
+
+    def close(self) -> None:
+        stop_workers(self.workers)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[WorkerStack]:
+    """One database and one real worker process per backend, shared by a test module."""
+    home = tmp_path_factory.mktemp(f"stack-{request.param}")
+    settings = make_settings(request.param, home, request, stale_after_s=20)
+    upgrade(settings)
+    with TestClient(create_app(settings, recover_every_s=2)) as test_client:
+        stack = WorkerStack(settings, test_client)
+        stack.start_worker()
+        yield stack
+        stack.close()

@@ -1,0 +1,149 @@
+"""The trial-slot life cycle a worker drives, on SQLite and PostgreSQL, without Keras.
+
+Covers the delivery cases Celery produces: a duplicate of a running task, a redelivery after
+the worker was lost, a bounded number of attempts, and the job finishing exactly once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from tests.api.test_jobs_validation import GOOD
+from tuner_service import jobs, trials
+from tuner_service.db import repository as repo
+from tuner_service.db.models import TrialSlotModel, utcnow
+from tuner_service.db.session import session_scope
+from tuner_service.runtime import Runtime
+from tuner_service.schemas import JobCreate
+
+
+def _job(rt: Runtime, n_trials: int = 2, **changes: object) -> str:
+    spec = JobCreate.model_validate({**GOOD, "budget": {"n_trials": n_trials, "epochs": 3},
+                                     **changes})
+    return jobs.submit_job(rt, spec).id
+
+
+def _slot(rt: Runtime, job_id: str, slot: int) -> TrialSlotModel:
+    with session_scope(rt.sessions) as session:
+        row = repo.find_slot(session, job_id, slot)
+        assert row is not None
+        return row
+
+
+def _age_heartbeat(rt: Runtime, job_id: str, slot: int) -> None:
+    with session_scope(rt.sessions) as session:
+        session.execute(update(TrialSlotModel).where(TrialSlotModel.job_id == job_id,
+                                                     TrialSlotModel.slot == slot)
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+
+
+def test_a_slot_runs_the_paper_defaults_first_and_finishes_the_job(
+    runtime: Runtime, client: TestClient
+) -> None:
+    job_id = _job(runtime, n_trials=2)
+    first = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert first is not None and first.number == 0
+    assert first.config.as_dict() == {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999,
+                                      "epsilon": 1e-8, "decay": 0.0}
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    assert trials.report_epoch(runtime, first, 1, 0.9) is None
+    trials.finish_trial(runtime, first, trials.TrialOutcome("complete", 0.8))
+    second = trials.start_trial(runtime, job_id, 1, "task-b")
+    assert second is not None and second.number == 1
+    trials.finish_trial(runtime, second, trials.TrialOutcome("complete", 0.5))
+
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["trials_ended"] == 2
+    assert job["best"]["trial_number"] == 1 and job["best"]["value"] == 0.5
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    assert report["baseline"]["value"] == 0.8
+    assert abs(report["improvement"]["absolute"] - 0.3) < 1e-12
+    assert abs(report["improvement"]["relative"] - 0.375) < 1e-12
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_a_duplicate_delivery_of_a_running_slot_does_nothing(runtime: Runtime) -> None:
+    job_id = _job(runtime)
+    assert trials.start_trial(runtime, job_id, 0, "task-a") is not None
+    assert trials.start_trial(runtime, job_id, 0, "task-duplicate") is None
+    assert _slot(runtime, job_id, 0).attempts == 1
+
+
+def test_a_finished_slot_is_not_run_again(runtime: Runtime) -> None:
+    job_id = _job(runtime)
+    ticket = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert ticket is not None
+    trials.finish_trial(runtime, ticket, trials.TrialOutcome("complete", 1.0))
+    trials.finish_trial(runtime, ticket, trials.TrialOutcome("complete", 2.0))  # told twice
+    assert trials.start_trial(runtime, job_id, 0, "task-a") is None
+    records = runtime.studies.records(f"tuner-job-{job_id}", JobCreate.model_validate(
+        {**GOOD}))
+    assert [(r.state, r.value) for r in records] == [("complete", 1.0)]
+
+
+def test_a_lost_worker_fails_its_trial_and_the_retry_trains_the_same_config(
+    runtime: Runtime,
+) -> None:
+    job_id = _job(runtime)
+    lost = trials.start_trial(runtime, job_id, 1, "task-a")
+    assert lost is not None
+    trials.report_epoch(runtime, lost, 1, 1.5)
+    # Celery redelivers the same task id after the worker process died.
+    retry = trials.start_trial(runtime, job_id, 1, "task-a")
+    assert retry is not None and retry.number != lost.number
+    assert retry.config.is_close_to(lost.config)
+    records = {r.number: r for r in runtime.studies.records(f"tuner-job-{job_id}",
+                                                            lost.spec)}
+    assert records[lost.number].state == "fail"
+    assert records[lost.number].fail_reason == "worker lost; retried"
+    assert _slot(runtime, job_id, 1).attempts == 2
+
+
+def test_the_reaper_resends_a_slot_whose_worker_went_quiet(runtime: Runtime) -> None:
+    job_id = _job(runtime)
+    lost = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert lost is not None
+    assert jobs.recover_lost_work(runtime) == 0  # its heartbeat is fresh
+    _age_heartbeat(runtime, job_id, 0)
+    assert jobs.recover_lost_work(runtime) == 1
+    assert _slot(runtime, job_id, 0).state == "queued"
+    retry = trials.start_trial(runtime, job_id, 0, "task-resent")
+    assert retry is not None and retry.config.is_close_to(lost.config)
+
+
+def test_attempts_are_bounded(runtime: Runtime) -> None:
+    job_id = _job(runtime, n_trials=1)
+    for attempt in range(runtime.settings.max_trial_attempts):
+        assert trials.start_trial(runtime, job_id, 0, "same-task") is not None, attempt
+    assert trials.start_trial(runtime, job_id, 0, "same-task") is None
+    slot = _slot(runtime, job_id, 0)
+    assert slot.state == "failed" and "gave up" in (slot.error or "")
+    with session_scope(runtime.sessions) as session:
+        job = repo.find_job_or_raise(session, job_id)
+        assert job.status == "failed" and "no trial completed" in (job.error or "")
+
+
+def test_cancel_stops_running_trials_at_their_next_epoch(runtime: Runtime) -> None:
+    job_id = _job(runtime, n_trials=3)
+    ticket = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert ticket is not None
+    jobs.cancel_job(runtime, job_id)
+    assert trials.report_epoch(runtime, ticket, 1, 0.7) == "cancelled"
+    assert trials.start_trial(runtime, job_id, 1, "task-b") is None
+    trials.finish_trial(runtime, ticket, trials.TrialOutcome("pruned", reason="cancelled"))
+    with session_scope(runtime.sessions) as session:
+        assert repo.slot_states(session, job_id) == {"done": 1, "cancelled": 2}
+        assert repo.find_job_or_raise(session, job_id).status == "cancelled"
+
+
+def test_a_job_whose_trials_all_fail_is_failed_with_the_reason(runtime: Runtime) -> None:
+    job_id = _job(runtime, n_trials=1)
+    ticket = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert ticket is not None
+    trials.finish_trial(runtime, ticket, trials.TrialOutcome("fail", reason="diverged: nan"))
+    with session_scope(runtime.sessions) as session:
+        job = repo.find_job_or_raise(session, job_id)
+    assert job.status == "failed" and job.error == "no trial completed: diverged: nan"
