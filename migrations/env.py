@@ -10,17 +10,15 @@ from alembic import context
 from sqlalchemy import Connection
 
 from tuner_service.config import Settings
-from tuner_service.db.models import Base
+from tuner_service.db.models import ALEMBIC_VERSION_TABLE, Base
 from tuner_service.db.session import make_engine
-
-VERSION_TABLE = "tuner_alembic_version"
 
 
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        version_table=VERSION_TABLE,
+        version_table=ALEMBIC_VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
         include_name=lambda name, type_, _parent: type_ != "table" or name.startswith("tuner_"),
     )

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Our Alembic revision lives here; Optuna keeps its own in ``alembic_version``.
+ALEMBIC_VERSION_TABLE = "tuner_alembic_version"
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",

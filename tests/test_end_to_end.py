@@ -1,0 +1,102 @@
+"""Whole jobs through real Celery worker processes and real Keras training.
+
+Runs on SQLite with the embedded folder broker and on PostgreSQL with Redis (the ``stack``
+fixture starts one real worker per backend).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.conftest import WorkerStack
+
+pytestmark = pytest.mark.slow
+
+DIGITS = {"model": {"builtin": "logistic_regression"}, "dataset": {"builtin": "digits"}}
+
+
+def _trials(stack: WorkerStack, job_id: str) -> list[dict[str, Any]]:
+    return list(stack.client.get(f"/v1/jobs/{job_id}/trials").json()["items"])
+
+
+def test_a_job_beats_the_paper_defaults_through_real_workers(stack: WorkerStack) -> None:
+    job_id = stack.submit({**DIGITS, "budget": {"n_trials": 6, "epochs": 4},
+                           "pruner": "none"})
+    job = stack.wait(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["trials_ended"] == 6 and job["error"] is None
+    trials = _trials(stack, job_id)
+    assert len(trials) == 6 and all(t["state"] == "complete" for t in trials)
+    assert all(len(t["intermediate_values"]) == 4 for t in trials)
+    assert all(t["intermediate_values"][-1] == t["value"] for t in trials)
+    assert all(t["duration_s"] > 0 and set(t["params"]) == {
+        "learning_rate", "beta_1", "beta_2", "epsilon", "decay"} for t in trials)
+    report = stack.client.get(f"/v1/jobs/{job_id}/report").json()
+    assert report["partial"] is False
+    assert report["baseline"]["trial_number"] == 0
+    assert report["baseline"]["params"]["learning_rate"] == 0.001
+    assert report["best"]["trial_number"] != 0
+    assert report["best"]["value"] < report["baseline"]["value"]
+    assert report["improvement"]["absolute"] > 0
+    assert "keras.optimizers.Adam(" in report["keras_snippet"]
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_job_goes_on(
+    stack: WorkerStack,
+) -> None:
+    job_id = stack.submit({
+        **DIGITS,
+        "search_space": {"learning_rate": {"low": 1e-4, "high": 1e38, "log": True}},
+        "enqueue": [{"learning_rate": 1e37}],
+        "budget": {"n_trials": 2, "epochs": 2},
+    })
+    job = stack.wait(job_id)
+    assert job["status"] == "succeeded"
+    baseline, diverged = _trials(stack, job_id)
+    assert baseline["state"] == "complete"
+    assert diverged["state"] == "fail" and diverged["value"] is None
+    assert diverged["fail_reason"].startswith("diverged:")
+    assert diverged["params"]["learning_rate"] == 1e37
+
+
+def test_cancel_stops_a_running_job(stack: WorkerStack) -> None:
+    job_id = stack.submit({**DIGITS, "budget": {"n_trials": 50, "epochs": 50},
+                           "pruner": "none"})
+    stack.wait(job_id, until=lambda job: job["trial_counts"]["running"] == 1)
+    response = stack.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.json()["status"] == "cancelled"
+    job = stack.wait(job_id, until=lambda job: job["trials_ended"] == 50)
+    assert job["status"] == "cancelled"
+    trials = _trials(stack, job_id)
+    assert len(trials) < 5 and not any(t["state"] == "running" for t in trials)
+    last = trials[-1]
+    assert last["state"] in ("pruned", "complete")
+    assert len(last["intermediate_values"]) < 50  # it stopped early
+
+
+def _pool_children(worker: subprocess.Popen[bytes]) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def test_a_killed_worker_process_loses_nothing(stack: WorkerStack) -> None:
+    job_id = stack.submit({**DIGITS, "budget": {"n_trials": 3, "epochs": 30},
+                           "pruner": "none"})
+    stack.wait(job_id, until=lambda job: job["trial_counts"]["running"] == 1
+               and any(len(t["intermediate_values"]) >= 2 for t in _trials(stack, job_id)))
+    (child,) = _pool_children(stack.workers[0])
+    os.kill(child, signal.SIGKILL)
+    job = stack.wait(job_id, timeout_s=300)
+    assert job["status"] == "succeeded"
+    trials = _trials(stack, job_id)
+    lost = [t for t in trials if t["state"] == "fail"]
+    assert len(lost) == 1 and lost[0]["fail_reason"].startswith("worker lost")
+    assert sum(t["state"] == "complete" for t in trials) == 3
+    retried = [t for t in trials if t["state"] == "complete"
+               and t["params"] == lost[0]["params"]]
+    assert retried, "the lost configuration was trained again"
