@@ -26,7 +26,7 @@ def build_report(job: JobModel, records: Sequence[TrialRecord]) -> ReportPublic:
     baseline = _baseline(records)
     return ReportPublic(
         job_id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         partial=job.status not in TERMINAL_JOB_STATUSES,
         objective=spec.objective,
         trial_counts=trial_counts(records),
@@ -43,7 +43,7 @@ def _baseline(records: Sequence[TrialRecord]) -> BaselineTrial | None:
         if record.is_baseline and record.config is not None:
             return BaselineTrial(
                 trial_number=record.number,
-                state=record.state,  # type: ignore[arg-type]
+                state=record.state,
                 value=record.value,
                 params=AdamParams(**record.config.as_dict()),
             )

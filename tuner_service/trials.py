@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import CursorResult, or_, update
 from sqlalchemy.orm import Session
 
 from tuner_service.adam import AdamConfig
@@ -97,7 +98,7 @@ def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> int | None | bo
         if before is None or before.state in repo.TERMINAL_SLOT_STATES:
             return False
         lost = before.trial_number
-        claimed = session.execute(
+        claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(TrialSlotModel)
             .where(this_slot, TrialSlotModel.attempts < rt.settings.max_trial_attempts)
             .where(or_(
@@ -109,8 +110,8 @@ def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> int | None | bo
             .values(state="running", task_id=task_id, attempts=TrialSlotModel.attempts + 1,
                     heartbeat_at=utcnow(), trial_number=None)
             .execution_options(synchronize_session=False)
-        ).rowcount
-    if claimed == 1:
+        )
+    if claimed.rowcount == 1:
         return lost
     if before.attempts >= rt.settings.max_trial_attempts and _is_lost(before, task_id, stale):
         _give_up(rt, job_id, slot, lost)

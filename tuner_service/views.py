@@ -53,9 +53,9 @@ def job_public(job: JobModel, records: Sequence[TrialRecord], slots: dict[str, i
     return JobPublic(
         id=job.id,
         name=job.name,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         error=job.error,
-        created_at=aware(job.created_at),  # type: ignore[arg-type]
+        created_at=aware(job.created_at),
         started_at=aware(job.started_at),
         finished_at=aware(job.finished_at),
         n_trials=job.n_trials,
@@ -71,7 +71,7 @@ def trial_public(record: TrialRecord) -> TrialPublic:
     params = AdamParams(**record.config.as_dict()) if record.config else None
     return TrialPublic(
         number=record.number,
-        state=record.state,  # type: ignore[arg-type]
+        state=record.state,
         params=params,
         value=record.value,
         intermediate_values=list(record.intermediate_values),

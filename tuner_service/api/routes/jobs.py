@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +23,9 @@ from tuner_service.validation import as_validation_errors, spec_problems
 from tuner_service.views import job_public, trial_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such job"}
+}
 
 
 @router.post("", status_code=201, response_model=JobPublic,
