@@ -14,7 +14,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from tuner_service.client import ApiError, TunerClient
 from tuner_service.config import Settings
@@ -162,7 +162,8 @@ def wait_for(url: str | None, job_id: str, poll_s: float = 1.0) -> dict[str, Any
 def jobs(url: UrlOption = None, limit: int = 20) -> None:
     """List jobs, newest first."""
     page = _call(url, "jobs", 0, limit)
-    table = Table("id", "name", "status", "trials", "best", "created")
+    table = Table("name", "status", "trials", "best", "created")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=32))
     for job in page["items"]:
         best = job["best"]["value"] if job["best"] else None
         table.add_row(job["id"], job["name"], job["status"],
