@@ -27,6 +27,7 @@ errors = Console(stderr=True)
 UrlOption = Annotated[
     str | None, typer.Option("--url", help="API server (default: $TUNER_URL or localhost:8000)")
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the raw JSON answer")]
 
 
 def _client(url: str | None) -> TunerClient:
@@ -175,7 +176,7 @@ def jobs(url: UrlOption = None, limit: int = 20) -> None:
 
 @app.command()
 def status(job_id: str, url: UrlOption = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+           as_json: JsonOption = False) -> None:
     """Show a job's status, trial counts and best trial."""
     job = _call(url, "job", job_id)
     if as_json:
@@ -199,7 +200,7 @@ def cancel(job_id: str, url: UrlOption = None) -> None:
 
 @app.command()
 def report(job_id: str, url: UrlOption = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+           as_json: JsonOption = False) -> None:
     """Print a job's best-config report."""
     body = _call(url, "report", job_id)
     if as_json:

@@ -20,16 +20,20 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
-    """Migrate our tables to ``revision`` and create or upgrade Optuna's tables."""
+def _run_alembic(settings: Settings, action: str, revision: str) -> None:
     engine = make_engine(settings)
     try:
         with engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+            getattr(command, action)(config, revision)
     finally:
         engine.dispose()
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Migrate our tables to ``revision`` and create or upgrade Optuna's tables."""
+    _run_alembic(settings, "upgrade", revision)
     url = settings.resolved_database_url
     studies = StudyStore(url, engine_kwargs(url, settings))
     _ = studies.storage  # creating the storage creates or upgrades Optuna's tables
@@ -38,11 +42,4 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
 
 def downgrade(settings: Settings, revision: str) -> None:
     """Migrate our tables down to ``revision`` (Optuna's tables are left alone)."""
-    engine = make_engine(settings)
-    try:
-        with engine.begin() as connection:
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.downgrade(config, revision)
-    finally:
-        engine.dispose()
+    _run_alembic(settings, "downgrade", revision)
