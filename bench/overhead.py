@@ -101,7 +101,7 @@ def run_service(raw: dict[str, Any], workers: int) -> dict[str, Any]:
             while job["status"] not in ("succeeded", "failed", "cancelled"):
                 # Poll like a user would (the CLI polls every second): each poll costs the API
                 # a study read, and on two cores that competes with training.
-                time.sleep(0.25)
+                time.sleep(float(os.environ.get("BENCH_POLL_S", "0.25")))
                 job = client.get(f"/v1/jobs/{job['id']}").json()
             elapsed = time.perf_counter() - start
             trials = client.get(f"/v1/jobs/{job['id']}/trials").json()["items"]

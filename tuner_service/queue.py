@@ -17,7 +17,8 @@ VISIBILITY_MARGIN_S = 600
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by the producer (API) and the workers."""
     config: dict[str, Any] = {
-        "broker_url": settings.broker_url or "filesystem://",
+        # The folder broker ignores the host; naming one keeps kombu from warning about it.
+        "broker_url": settings.broker_url or "filesystem://localhost//",
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],
