@@ -95,7 +95,7 @@ def test_a_killed_worker_process_loses_nothing(stack: WorkerStack) -> None:
     assert job["status"] == "succeeded"
     trials = _trials(stack, job_id)
     lost = [t for t in trials if t["state"] == "fail"]
-    assert len(lost) == 1 and lost[0]["fail_reason"].startswith("worker lost")
+    assert len(lost) == 1 and lost[0]["fail_reason"].startswith("interrupted")
     assert sum(t["state"] == "complete" for t in trials) == 3
     retried = [t for t in trials if t["state"] == "complete"
                and t["params"] == lost[0]["params"]]

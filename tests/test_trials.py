@@ -98,7 +98,7 @@ def test_a_lost_worker_fails_its_trial_and_the_retry_trains_the_same_config(
     records = {r.number: r for r in runtime.studies.records(f"tuner-job-{job_id}",
                                                             lost.spec)}
     assert records[lost.number].state == "fail"
-    assert records[lost.number].fail_reason == "worker lost; retried"
+    assert records[lost.number].fail_reason.startswith("interrupted")
     assert _slot(runtime, job_id, 1).attempts == 2
 
 
@@ -147,3 +147,19 @@ def test_a_job_whose_trials_all_fail_is_failed_with_the_reason(runtime: Runtime)
     with session_scope(runtime.sessions) as session:
         job = repo.find_job_or_raise(session, job_id)
     assert job.status == "failed" and job.error == "no trial completed: diverged: nan"
+
+
+def test_a_trial_orphaned_between_ask_and_record_is_failed_when_the_job_ends(
+    runtime: Runtime,
+) -> None:
+    job_id = _job(runtime, n_trials=1)
+    assert trials.start_trial(runtime, job_id, 0, "task-a") is not None
+    with session_scope(runtime.sessions) as session:  # the worker died before recording it
+        session.execute(update(TrialSlotModel).where(TrialSlotModel.job_id == job_id)
+                        .values(trial_number=None))
+    retry = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert retry is not None and retry.number == 1
+    trials.finish_trial(runtime, retry, trials.TrialOutcome("complete", 0.3))
+    records = runtime.studies.records(f"tuner-job-{job_id}", retry.spec)
+    assert [(r.state, r.fail_reason) for r in records] == [("fail", "worker lost"),
+                                                           ("complete", None)]

@@ -66,7 +66,8 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str) -> TrialTicke
     if lost_number is False:
         return None
     if isinstance(lost_number, int):
-        rt.studies.tell(study_name, lost_number, "fail", None, reason="worker lost; retried")
+        rt.studies.tell(study_name, lost_number, "fail", None,
+                        reason="interrupted (worker lost or infrastructure error); retried")
         rt.studies.retry_params(study_name, lost_number)
     try:
         asked = rt.studies.ask(study_name, spec, seed_offset=slot)
@@ -190,6 +191,10 @@ def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
         spec = JobCreate.model_validate(job.spec)
         study_name = job.study_name
     records = rt.studies.records(study_name, spec)
+    for orphan in (r for r in records if r.state == "running"):
+        # Every slot has ended, so no worker runs this trial: its worker died between asking
+        # for it and recording it.
+        rt.studies.tell(study_name, orphan.number, "fail", None, reason="worker lost")
     if any(r.state == "complete" for r in records):
         _set_final_status(rt, job_id, "succeeded", None)
         return
