@@ -107,6 +107,7 @@ class WorkerStack:
         self.settings = settings
         self.client = client
         self.workers: list[subprocess.Popen[bytes]] = []
+        settings.home.mkdir(parents=True, exist_ok=True)
         self.log = settings.home / "workers.log"
 
     def start_worker(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
@@ -127,8 +128,13 @@ class WorkerStack:
         """Poll the job until ``until(job)`` (default: a terminal status)."""
         done = until or (lambda job: job["status"] in TERMINAL)
         deadline = time.monotonic() + timeout_s
+        job: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            response = self.client.get(f"/v1/jobs/{job_id}")
+            if response.status_code == 503:  # the database is restarting under a fault test
+                time.sleep(0.5)
+                continue
+            job = response.json()
             if done(job):
                 return dict(job)
             time.sleep(0.25)

@@ -41,21 +41,31 @@ class RedisServer:
 
     process: subprocess.Popen[bytes]
     port: int
+    command: list[str]
 
     @classmethod
-    def start(cls, folder: Path) -> RedisServer:
-        """Start one; raises FileNotFoundError when redis-server is not installed."""
+    def start(cls, folder: Path, persistent: bool = False) -> RedisServer:
+        """Start one (``persistent``: append-only file, as in production).
+
+        Raises FileNotFoundError when redis-server is not installed.
+        """
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server")
         port = free_port()
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(folder), "--maxmemory-policy", "noeviction"],
-            stdout=subprocess.DEVNULL,
-        )
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "yes" if persistent else "no", "--dir", str(folder),
+                   "--maxmemory-policy", "noeviction"]
+        server = cls(subprocess.Popen(command, stdout=subprocess.DEVNULL), port, command)
         _wait_port(port)
-        return cls(process, port)
+        return server
+
+    def restart(self, down_s: float = 1.0) -> None:
+        """Shut down cleanly, stay down ``down_s`` seconds, start again on the same port."""
+        self.stop()
+        time.sleep(down_s)
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        _wait_port(self.port)
 
     def url(self, db: int = 0) -> str:
         """The broker URL of database ``db``."""

@@ -48,8 +48,10 @@ def _drive(settings_json: str, job_id: str, seed: int) -> int:
 @pytest.mark.slow
 def test_eight_processes_run_every_slot_exactly_once(settings: Settings,
                                                      runtime: Runtime) -> None:
+    # Eight waiting (enqueued) trials at the start: every process races to pop one.
+    enqueue = [{"learning_rate": 10 ** -k} for k in (1, 1.5, 2, 2.5, 3.5, 4, 4.5)]
     spec = JobCreate.model_validate({**GOOD, "budget": {"n_trials": TRIALS, "epochs": 2},
-                                     "pruner": "none"})
+                                     "pruner": "none", "enqueue": enqueue})
     job_id = jobs.submit_job(runtime, spec).id
     with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
         ran = pool.starmap(_drive, [(settings.model_dump_json(), job_id, seed)

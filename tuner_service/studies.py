@@ -7,14 +7,18 @@ table (see ``trials.py``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from tuner_service.adam import AdamConfig
 from tuner_service.schemas import JobCreate
@@ -36,6 +40,8 @@ _STATE_NAMES = {
 }
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Optuna wraps database failures in StorageInternalError: infrastructure, not the trial's fault.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError,)
 
 
 class SearchStopped(Exception):
@@ -150,10 +156,29 @@ class StudyStore:
     def ask(self, study_name: str, spec: JobCreate, seed_offset: int) -> AskedTrial:
         """Hand out the next trial and sample its Adam numbers."""
         study = self._study(study_name, spec, seed_offset)
-        trial = study.ask()
-        config = suggest_config(trial, spec.search_space)
+        with self._ask_lock():
+            trial = study.ask()
+            config = suggest_config(trial, spec.search_space)
         self._running[(study_name, trial.number)] = trial
         return AskedTrial(number=trial.number, config=config)
+
+    @contextlib.contextmanager
+    def _ask_lock(self) -> Iterator[None]:
+        """On SQLite, one process at a time may ask.
+
+        Optuna hands out a waiting (enqueued) trial with SELECT ... FOR UPDATE, which SQLite
+        ignores: two processes could both take trial 0. PostgreSQL needs no lock.
+        """
+        url = make_url(self._url)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            yield
+            return
+        with open(f"{url.database}.ask-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def report(self, study_name: str, number: int, epoch: int, value: float) -> bool:
         """Record one epoch's objective; True when the pruner says stop."""

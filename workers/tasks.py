@@ -14,11 +14,12 @@ from tuner_service import trials
 from tuner_service.config import Settings
 from tuner_service.queue import RUN_TRIAL_TASK
 from tuner_service.runtime import Runtime, build_runtime
+from tuner_service.studies import STORAGE_ERRORS
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 # Infrastructure failures: retried with backoff, the trial itself is not to blame.
-INFRASTRUCTURE_ERRORS = (OperationalError, DBAPIError, ConnectionError)
+INFRASTRUCTURE_ERRORS = (OperationalError, DBAPIError, ConnectionError, *STORAGE_ERRORS)
 
 
 @functools.cache

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuner_service.db.repository import NotFound
 from tuner_service.jobs import JobConflict
+from tuner_service.studies import STORAGE_ERRORS
+
+log = logging.getLogger(__name__)
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -46,9 +51,18 @@ async def _on_conflict(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=409, content={"detail": str(exc)})
 
 
+async def _on_database_down(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database error: %s", exc)
+    return JSONResponse(status_code=503, headers={"Retry-After": "5"},
+                        content={"detail": "the database is unavailable; try again shortly"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error answers."""
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    database_errors: tuple[type[Exception], ...] = (OperationalError, *STORAGE_ERRORS)
+    for database_error in database_errors:
+        app.add_exception_handler(database_error, _on_database_down)
     app.add_exception_handler(NotFound, _on_not_found)
     app.add_exception_handler(JobConflict, _on_conflict)
 
