@@ -7,6 +7,7 @@ missing server fails the run instead of skipping those tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -145,15 +146,23 @@ class WorkerStack:
         stop_workers(self.workers)
 
 
+@contextlib.contextmanager
+def running_stack(settings: Settings) -> Iterator[WorkerStack]:
+    """Migrate, then an API client (recovery loop every 2 s) and one real worker process."""
+    upgrade(settings)
+    with TestClient(create_app(settings, recover_every_s=2)) as test_client:
+        stack = WorkerStack(settings, test_client)
+        stack.start_worker()
+        try:
+            yield stack
+        finally:
+            stack.close()
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[WorkerStack]:
     """One database and one real worker process per backend, shared by a test module."""
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
-    settings = make_settings(request.param, home, request, stale_after_s=20)
-    upgrade(settings)
-    with TestClient(create_app(settings, recover_every_s=2)) as test_client:
-        stack = WorkerStack(settings, test_client)
-        stack.start_worker()
+    with running_stack(make_settings(request.param, home, request, stale_after_s=20)) as stack:
         yield stack
-        stack.close()

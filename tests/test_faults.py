@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from tests.conftest import WorkerStack, make_settings
+from tests.conftest import WorkerStack, make_settings, running_stack
 from tests.servers import PostgresServer, RedisServer
-from tuner_service.app import create_app
-from tuner_service.db.migrate import upgrade
 
 pytestmark = pytest.mark.slow
 JOB = {"model": {"builtin": "logistic_regression"}, "dataset": {"builtin": "digits"},
@@ -34,12 +31,8 @@ def fault_stack(request: pytest.FixtureRequest, tmp_path: Path, own_redis: Redis
                 ) -> Iterator[WorkerStack]:
     settings = make_settings("postgresql", tmp_path / "home", request,
                              broker_url=own_redis.url(), stale_after_s=20)
-    upgrade(settings)
-    with TestClient(create_app(settings, recover_every_s=2)) as client:
-        stack = WorkerStack(settings, client)
-        stack.start_worker()
+    with running_stack(settings) as stack:
         yield stack
-        stack.close()
 
 
 def _running_with_progress(stack: WorkerStack, job_id: str) -> Any:

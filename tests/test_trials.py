@@ -102,6 +102,22 @@ def test_a_lost_worker_fails_its_trial_and_the_retry_trains_the_same_config(
     assert _slot(runtime, job_id, 1).attempts == 2
 
 
+def test_a_retried_baseline_still_gives_the_report_its_baseline(
+    runtime: Runtime, client: TestClient
+) -> None:
+    job_id = _job(runtime, n_trials=1)
+    lost = trials.start_trial(runtime, job_id, 0, "task-a")
+    retry = trials.start_trial(runtime, job_id, 0, "task-a")  # redelivered after a crash
+    assert lost is not None and retry is not None and lost.number == 0
+    trials.finish_trial(runtime, retry, trials.TrialOutcome("complete", 0.9))
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    assert report["baseline"]["trial_number"] == retry.number
+    assert report["baseline"]["value"] == 0.9
+    listed = client.get(f"/v1/jobs/{job_id}/trials").json()["items"]
+    assert [t["is_baseline"] for t in listed] == [True, True]
+    assert all(t["worker"] for t in listed)
+
+
 def test_the_reaper_resends_a_slot_whose_worker_went_quiet(runtime: Runtime) -> None:
     job_id = _job(runtime)
     lost = trials.start_trial(runtime, job_id, 0, "task-a")

@@ -39,15 +39,18 @@ def build_report(job: JobModel, records: Sequence[TrialRecord]) -> ReportPublic:
 
 
 def _baseline(records: Sequence[TrialRecord]) -> BaselineTrial | None:
-    for record in records:
-        if record.is_baseline and record.config is not None:
-            return BaselineTrial(
-                trial_number=record.number,
-                state=record.state,
-                value=record.value,
-                params=AdamParams(**record.config.as_dict()),
-            )
-    return None
+    """The paper-defaults trial: its completed run, else its latest attempt."""
+    runs = [r for r in records if r.is_baseline and r.config is not None]
+    if not runs:
+        return None
+    record = next((r for r in runs if r.state == "complete"), runs[-1])
+    assert record.config is not None
+    return BaselineTrial(
+        trial_number=record.number,
+        state=record.state,
+        value=record.value,
+        params=AdamParams(**record.config.as_dict()),
+    )
 
 
 def _improvement(best: BestTrial | None, baseline: BaselineTrial | None, minimize: bool

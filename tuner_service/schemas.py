@@ -185,6 +185,7 @@ class TrialPublic(BaseModel):
     duration_s: float | None
     fail_reason: str | None
     is_baseline: bool
+    worker: str | None = Field(description="host:pid of the worker process that ran it")
 
 
 class TrialsPublic(BaseModel):

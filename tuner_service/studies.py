@@ -30,6 +30,7 @@ from tuner_service.search_space import (
 )
 
 BASELINE_ATTR = "baseline"
+WORKER_ATTR = "worker"
 FAIL_REASON_ATTR = "fail_reason"
 _STATE_NAMES = {
     TrialState.COMPLETE: "complete",
@@ -61,6 +62,7 @@ class TrialRecord:
     finished_at: datetime | None
     fail_reason: str | None
     is_baseline: bool
+    worker: str | None
 
     @property
     def duration_s(self) -> float | None:
@@ -153,12 +155,14 @@ class StudyStore:
         """Remove a study (used when the job that owns it could not be stored)."""
         optuna.delete_study(study_name=study_name, storage=self.storage)
 
-    def ask(self, study_name: str, spec: JobCreate, seed_offset: int) -> AskedTrial:
-        """Hand out the next trial and sample its Adam numbers."""
+    def ask(self, study_name: str, spec: JobCreate, seed_offset: int, worker: str
+            ) -> AskedTrial:
+        """Hand out the next trial, sample its Adam numbers, and note who runs it."""
         study = self._study(study_name, spec, seed_offset)
         with self._ask_lock():
             trial = study.ask()
             config = suggest_config(trial, spec.search_space)
+        trial.set_user_attr(WORKER_ATTR, worker)
         self._running[(study_name, trial.number)] = trial
         return AskedTrial(number=trial.number, config=config)
 
@@ -210,7 +214,8 @@ class StudyStore:
         """Enqueue a lost trial's parameters again so that its retry trains the same config."""
         study = optuna.load_study(study_name=study_name, storage=self.storage)
         trial = study.get_trials(deepcopy=False)[number]
-        study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
+        kept = {k: v for k, v in trial.user_attrs.items() if k == BASELINE_ATTR}
+        study.enqueue_trial(trial.params, user_attrs=kept)
 
     def records(self, study_name: str, spec: JobCreate) -> list[TrialRecord]:
         """Every trial of a study as plain records, by number."""
@@ -248,6 +253,7 @@ def _record(trial: FrozenTrial, spec: JobCreate) -> TrialRecord:
         finished_at=_aware(trial.datetime_complete),
         fail_reason=trial.user_attrs.get(FAIL_REASON_ATTR),
         is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR, False)),
+        worker=trial.user_attrs.get(WORKER_ATTR),
     )
 
 

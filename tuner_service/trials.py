@@ -9,6 +9,8 @@ runs the same parameters again, at most ``max_trial_attempts`` times.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +53,8 @@ class TrialOutcome:
     reason: str | None = None
 
 
-def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str) -> TrialTicket | None:
+def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
+                worker: str = "") -> TrialTicket | None:
     """Claim a slot and ask its job's study for a trial; None when there is nothing to run."""
     with session_scope(rt.sessions) as session:
         job = repo.find_job(session, job_id)
@@ -70,7 +73,8 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str) -> TrialTicke
                         reason="interrupted (worker lost or infrastructure error); retried")
         rt.studies.retry_params(study_name, lost_number)
     try:
-        asked = rt.studies.ask(study_name, spec, seed_offset=slot)
+        asked = rt.studies.ask(study_name, spec, seed_offset=slot,
+                               worker=worker or f"{socket.gethostname()}:{os.getpid()}")
     except SearchStopped as stop:
         fail_job(rt, job_id, str(stop))
         return None

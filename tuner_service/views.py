@@ -80,4 +80,5 @@ def trial_public(record: TrialRecord) -> TrialPublic:
         duration_s=record.duration_s,
         fail_reason=record.fail_reason,
         is_baseline=record.is_baseline,
+        worker=record.worker,
     )

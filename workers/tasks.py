@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import traceback
 
 from celery import Task
@@ -33,7 +34,8 @@ def runtime() -> Runtime:
 def run_trial(self: Task, job_id: str, slot: int) -> None:
     """Run one trial slot of a job (safe to deliver more than once)."""
     rt = runtime()
-    ticket = trials.start_trial(rt, job_id, slot, str(self.request.id))
+    worker = f"{self.request.hostname}:{os.getpid()}"
+    ticket = trials.start_trial(rt, job_id, slot, str(self.request.id), worker)
     if ticket is None:
         return
     outcome = train_ticket(rt, ticket)
