@@ -100,3 +100,15 @@ def test_a_killed_worker_process_loses_nothing(stack: WorkerStack) -> None:
     retried = [t for t in trials if t["state"] == "complete"
                and t["params"] == lost[0]["params"]]
     assert retried, "the lost configuration was trained again"
+
+
+def test_a_job_that_cannot_set_up_fails_at_once_with_the_reason(stack: WorkerStack) -> None:
+    # 10 examples cannot be split into a stratified validation set of all 10 digit classes.
+    job_id = stack.submit({**DIGITS, "dataset": {"builtin": "digits", "max_samples": 10},
+                           "budget": {"n_trials": 20, "epochs": 2}})
+    job = stack.wait(job_id)
+    assert job["status"] == "failed"
+    assert job["error"].startswith("cannot set up logistic_regression on digits: ValueError")
+    assert job["trials_ended"] == 20
+    trials = _trials(stack, job_id)
+    assert [t["state"] for t in trials if t["state"] != "waiting"] == ["fail"]

@@ -44,7 +44,7 @@ def run_trial(self: Task, job_id: str, slot: int) -> None:
 
 def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome:
     """Train one ticket; a failure of the trial itself becomes a ``fail`` outcome."""
-    from workers.training import TrainSpec, train
+    from workers.training import SetupError, TrainSpec, train
 
     def on_epoch(epoch: int, value: float) -> str | None:
         return trials.report_epoch(rt, ticket, epoch, value)
@@ -54,6 +54,9 @@ def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome
             result = train(TrainSpec.from_job(ticket.spec), [ticket.config], [on_epoch])[0]
     except INFRASTRUCTURE_ERRORS:
         raise
+    except SetupError as error:  # no configuration can succeed: stop the search
+        trials.fail_job(rt, ticket.job_id, str(error))
+        return trials.TrialOutcome("fail", reason=str(error))
     except SoftTimeLimitExceeded:
         return trials.TrialOutcome("fail", reason="trial exceeded its time limit")
     except Exception as error:  # this configuration failed; the search goes on

@@ -16,12 +16,17 @@ import tensorflow as tf
 
 from tuner_service.adam import AdamConfig
 from tuner_service.schemas import DatasetSpec, JobCreate, ModelSpec
-from workers.data import load_dataset
+from workers.data import Dataset, load_dataset
 from workers.models import build_model
 
 # Called after each epoch with (epoch starting at 1, objective value); returns why training
 # must stop now ("pruned", "cancelled"), or None to go on.
 EpochHook = Callable[[int, float], str | None]
+
+
+class SetupError(Exception):
+    """The data or the model cannot be set up: no Adam configuration can fix that, so the
+    search must stop (a failure of one configuration is a TrainResult instead)."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +79,7 @@ def train(spec: TrainSpec, configs: Sequence[AdamConfig], hooks: Sequence[EpochH
 
 
 def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainResult:
-    data = load_dataset(spec.dataset, spec.seed)
-    keras.backend.clear_session()
-    # The same seed for every trial: each starts from the same weights and batch order, so
-    # trials differ only in their Adam numbers.
-    keras.utils.set_random_seed(spec.seed)
-    model = build_model(spec.model, data.input_shape, data.n_classes)
+    data, model = _set_up(spec)
     model.compile(
         optimizer=make_optimizer(config),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -95,6 +95,19 @@ def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainRes
         return TrainResult("fail", None, f"out of memory: {error.message[:200]}",
                            len(watcher.history), tuple(watcher.history))
     return watcher.result()
+
+
+def _set_up(spec: TrainSpec) -> tuple[Dataset, keras.Model]:
+    try:
+        data = load_dataset(spec.dataset, spec.seed)
+        keras.backend.clear_session()
+        # The same seed for every trial: each starts from the same weights and batch order,
+        # so trials differ only in their Adam numbers.
+        keras.utils.set_random_seed(spec.seed)
+        return data, build_model(spec.model, data.input_shape, data.n_classes)
+    except Exception as error:
+        raise SetupError(f"cannot set up {spec.model.builtin} on {spec.dataset.builtin}: "
+                         f"{type(error).__name__}: {error}") from error
 
 
 class _EpochWatcher(keras.callbacks.Callback):

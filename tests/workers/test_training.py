@@ -105,3 +105,11 @@ def test_mlp_and_validation_accuracy() -> None:
                       [lambda e, v: None])
     assert result.state == "complete" and result.value is not None
     assert 0.0 <= result.value <= 1.0
+
+
+def test_data_that_cannot_be_set_up_raises_setup_error() -> None:
+    from workers.training import SetupError
+
+    spec = dataclasses.replace(SPEC, dataset=DatasetSpec(builtin="digits", max_samples=10))
+    with pytest.raises(SetupError, match="cannot set up logistic_regression on digits"):
+        train(spec, [PAPER_DEFAULTS], [lambda e, v: None])
