@@ -238,7 +238,8 @@ def print_report(report: dict[str, Any]) -> None:
 @app.command()
 def demo(
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
-    port: Annotated[int, typer.Option(help="Port of the temporary server")] = 8765,
+    port: Annotated[int | None, typer.Option(help="Port of the temporary server "
+                                                  "(default: a free one)")] = None,
     trials: Annotated[int | None, typer.Option(help="Override n_trials")] = None,
 ) -> None:
     """Start the embedded service, tune the built-in digits example, print its report, stop."""
@@ -247,6 +248,7 @@ def demo(
     spec = _read_spec(EXAMPLE_SPEC)
     if trials is not None:
         spec["budget"]["n_trials"] = trials
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "tuner_service.cli", "up", "--port",
                                str(port), "--workers", str(workers)])
@@ -265,6 +267,14 @@ def demo(
 
 
 EXAMPLE_SPEC = Path(__file__).parent / "examples" / "digits-logreg.yaml"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _wait_healthy(url: str, server: Any, timeout_s: float = 120.0) -> None:
