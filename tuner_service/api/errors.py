@@ -31,7 +31,8 @@ def field_name(loc: Sequence[Any]) -> str:
 def _validation_body(errors: Sequence[Any]) -> dict[str, Any]:
     return {
         "detail": [
-            {"field": field_name(e.get("loc", ())), "message": e.get("msg", ""),
+            {"field": field_name(e.get("loc", ())),
+             "message": str(e.get("msg", "")).removeprefix("Value error, "),
              "type": e.get("type", "value_error")}
             for e in errors
         ]
