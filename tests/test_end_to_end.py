@@ -112,3 +112,24 @@ def test_a_job_that_cannot_set_up_fails_at_once_with_the_reason(stack: WorkerSta
     assert job["trials_ended"] == 20
     trials = _trials(stack, job_id)
     assert [t["state"] for t in trials if t["state"] != "waiting"] == ["fail"]
+
+
+def test_a_dead_worker_node_is_recovered_by_the_lost_work_loop(stack: WorkerStack) -> None:
+    """The whole worker dies (main process and child): no broker redelivers its task soon —
+    the folder broker never does, Redis only after its visibility timeout — so the API's
+    recovery loop must resend it once the slot's heartbeat is stale."""
+    job_id = stack.submit({**DIGITS, "budget": {"n_trials": 2, "epochs": 40},
+                           "pruner": "none"})
+    stack.wait(job_id, until=lambda job: job["trial_counts"]["running"] == 1
+               and any(len(t["intermediate_values"]) >= 1 for t in _trials(stack, job_id)))
+    dead = stack.workers.pop()
+    for pid in [*_pool_children(dead), dead.pid]:
+        os.kill(pid, signal.SIGKILL)
+    dead.wait()
+    stack.start_worker()
+    job = stack.wait(job_id, timeout_s=300)
+    assert job["status"] == "succeeded" and job["trials_ended"] == 2
+    trials = _trials(stack, job_id)
+    assert [t["state"] for t in trials].count("complete") == 2
+    assert all(t["fail_reason"].startswith("interrupted") for t in trials
+               if t["state"] == "fail")
