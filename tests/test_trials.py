@@ -13,10 +13,11 @@ from sqlalchemy import update
 
 from tests.api.test_jobs_validation import GOOD
 from tuner_service import jobs, trials
+from tuner_service.config import Settings
 from tuner_service.db import repository as repo
-from tuner_service.db.models import TrialSlotModel, utcnow
+from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
-from tuner_service.runtime import Runtime
+from tuner_service.runtime import Runtime, build_runtime
 from tuner_service.schemas import JobCreate
 
 
@@ -147,7 +148,7 @@ def test_cancel_stops_running_trials_at_their_next_epoch(runtime: Runtime) -> No
     ticket = trials.start_trial(runtime, job_id, 0, "task-a")
     assert ticket is not None
     jobs.cancel_job(runtime, job_id)
-    assert trials.report_epoch(runtime, ticket, 1, 0.7) == "cancelled"
+    assert trials.report_epoch(runtime, ticket, 1, 0.7) == "job cancelled"
     assert trials.start_trial(runtime, job_id, 1, "task-b") is None
     trials.finish_trial(runtime, ticket, trials.TrialOutcome("pruned", reason="cancelled"))
     with session_scope(runtime.sessions) as session:
@@ -179,3 +180,61 @@ def test_a_trial_orphaned_between_ask_and_record_is_failed_when_the_job_ends(
     records = runtime.studies.records(f"tuner-job-{job_id}", retry.spec)
     assert [(r.state, r.fail_reason) for r in records] == [("fail", "worker lost"),
                                                            ("complete", None)]
+
+
+def test_a_superseded_run_stops_and_writes_nothing(runtime: Runtime) -> None:
+    """Its worker was thought lost (a long database outage) yet lived on."""
+    job_id = _job(runtime, n_trials=1)
+    first = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert first is not None
+    _age_heartbeat(runtime, job_id, 0)
+    second = trials.start_trial(runtime, job_id, 0, "task-b")
+    assert second is not None and second.config.is_close_to(first.config)
+    assert trials.report_epoch(runtime, first, 1, 0.5) == trials.LOST
+    trials.finish_trial(runtime, first, trials.TrialOutcome("complete", 0.5))  # dropped
+    assert trials.report_epoch(runtime, second, 1, 0.4) is None
+    trials.finish_trial(runtime, second, trials.TrialOutcome("complete", 0.4))
+    records = runtime.studies.records(f"tuner-job-{job_id}", first.spec)
+    assert [(r.state, r.value) for r in records] == [("fail", None), ("complete", 0.4)]
+    assert _slot(runtime, job_id, 0).state == "done"
+
+
+def test_a_same_id_redelivery_supersedes_a_run_that_is_still_alive(runtime: Runtime) -> None:
+    """Redis puts a running message back after a lost connection; the original runs on."""
+    job_id = _job(runtime, n_trials=1)
+    original = trials.start_trial(runtime, job_id, 0, "task-a")
+    again = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert original is not None and again is not None
+    assert again.claim.attempt == original.claim.attempt + 1
+    assert trials.report_epoch(runtime, original, 1, 0.5) == trials.LOST
+    assert trials.report_epoch(runtime, again, 1, 0.5) is None
+
+
+def test_a_result_told_before_the_worker_died_is_not_trained_again(runtime: Runtime) -> None:
+    job_id = _job(runtime, n_trials=1)
+    ticket = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert ticket is not None
+    runtime.studies.tell(ticket.study_name, ticket.number, "complete", 0.6)  # then it died
+    assert trials.start_trial(runtime, job_id, 0, "task-a") is None
+    assert _slot(runtime, job_id, 0).state == "done"
+    records = runtime.studies.records(ticket.study_name, ticket.spec)
+    assert [(r.state, r.value) for r in records] == [("complete", 0.6)]
+
+
+def test_a_resend_that_fails_is_tried_again_on_the_next_pass(runtime: Runtime,
+                                                             settings: Settings) -> None:
+    job_id = _job(runtime, n_trials=1)
+    assert trials.start_trial(runtime, job_id, 0, "task-a") is not None
+    _age_heartbeat(runtime, job_id, 0)
+    # A real broker that is down: nothing listens on that port.
+    down = build_runtime(settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    try:
+        assert jobs.recover_lost_work(down) == 1
+    finally:
+        down.close()
+    slot = _slot(runtime, job_id, 0)
+    assert (slot.state, slot.dispatched_at) == ("queued", None)
+    with session_scope(runtime.sessions) as session:  # old enough to count as never sent
+        session.execute(update(JobModel).values(created_at=utcnow() - timedelta(hours=1)))
+    assert jobs.recover_lost_work(runtime) == 1
+    assert _slot(runtime, job_id, 0).dispatched_at is not None

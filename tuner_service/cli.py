@@ -146,8 +146,8 @@ def wait_for(url: str | None, job_id: str, poll_s: float = 1.0) -> dict[str, Any
     """Show a progress bar until the job ends; returns the final job."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[best]}"))
-    with Progress(*columns, console=console, transient=False) as progress:
-        job = _call(url, "job", job_id)
+    with _client(url) as client, Progress(*columns, console=console) as progress:
+        job = _job_patiently(client, job_id)
         bar = progress.add_task("trials", total=job["n_trials"], best="")
         while True:
             best = job.get("best")
@@ -156,7 +156,25 @@ def wait_for(url: str | None, job_id: str, poll_s: float = 1.0) -> dict[str, Any
             if job["status"] in TERMINAL_JOB_STATUSES:
                 return job
             time.sleep(poll_s)
-            job = _call(url, "job", job_id)
+            job = _job_patiently(client, job_id)
+
+
+def _job_patiently(client: TunerClient, job_id: str, patience_s: float = 300.0
+                   ) -> dict[str, Any]:
+    """The job, riding out a restarting server or database (503, refused connections)."""
+    import httpx
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return client.job(job_id)
+        except ApiError as error:
+            if error.status_code != 503 or time.monotonic() > deadline:
+                raise _fail(str(error)) from None
+        except httpx.TransportError as error:
+            if time.monotonic() > deadline:
+                raise _fail(f"lost the API for {patience_s:.0f} s: {error}") from None
+        time.sleep(2.0)
 
 
 @app.command()

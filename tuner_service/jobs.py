@@ -12,8 +12,9 @@ from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
-from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
+from tuner_service.schemas import JobCreate
 from tuner_service.studies import TrialRecord, study_name_for
+from tuner_service.trials import fail_lost_trials
 
 log = logging.getLogger(__name__)
 # Undispatched slots younger than this may still be on their way from submit_job.
@@ -60,18 +61,24 @@ def dispatch(rt: Runtime, job_id: str, slots: range | list[int]) -> None:
             repo.mark_dispatched(session, job_id=job_id, slot=slot)
 
 
-def cancel_job(rt: Runtime, job_id: str) -> JobModel:
+def cancel_job(rt: Runtime, job_id: str) -> None:
     """Stop handing out trials; running ones are pruned at their next epoch."""
     with session_scope(rt.sessions) as session:
-        job = repo.find_job_or_raise(session, job_id, lock=True)
-        if job.status in TERMINAL_JOB_STATUSES:
+        job = repo.find_job_or_raise(session, job_id)
+        # A conditional update, not a read-then-write: a worker may finish the job meanwhile.
+        changed = session.execute(
+            update(JobModel)
+            .where(JobModel.id == job_id, JobModel.status.in_(("queued", "running")))
+            .values(status="cancelled", finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount == 0:  # type: ignore[attr-defined]
+            session.refresh(job)
             if job.status == "cancelled":
-                return job
+                return
             raise JobConflict(f"job {job_id} has already {job.status}")
-        job.status = "cancelled"
-        job.finished_at = utcnow()
-        repo.cancel_open_slots(session, job_id=job_id)
-    return job
+        lost = repo.cancel_open_slots(session, job_id=job_id)
+    fail_lost_trials(rt, job.study_name, lost)
 
 
 def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict[str, int]]:
@@ -97,22 +104,25 @@ def recover_lost_work(rt: Runtime) -> int:
     live task is harmless: claiming a slot is a compare-and-set.
     """
     now = utcnow()
+    stale = repo.stale_condition(
+        heartbeat_before=now - timedelta(seconds=rt.settings.stale_after_s),
+        dispatched_before=now - timedelta(seconds=DISPATCH_GRACE_S),
+    )
+    keys = []
     with session_scope(rt.sessions) as session:
-        lost = repo.stale_slots(
-            session,
-            heartbeat_before=now - timedelta(seconds=rt.settings.stale_after_s),
-            dispatched_before=now - timedelta(seconds=DISPATCH_GRACE_S),
-        )
-        keys = [(slot.job_id, slot.slot) for slot in lost]
-        for slot in lost:
-            # Back to queued (its lost trial number kept): the next claim fails that trial and
-            # retries its parameters, and this pass will not pick the slot up again.
-            session.execute(
+        for slot in repo.stale_slots(session, stale):
+            # Back to queued, its lost trial number kept (the next claim fails that trial and
+            # retries its parameters) and not dispatched until the resend below succeeds. The
+            # condition is repeated so a slot that ended meanwhile is left alone.
+            requeued = session.execute(
                 update(TrialSlotModel)
-                .where(TrialSlotModel.job_id == slot.job_id, TrialSlotModel.slot == slot.slot)
-                .values(state="queued", dispatched_at=now)
+                .where(TrialSlotModel.job_id == slot.job_id, TrialSlotModel.slot == slot.slot,
+                       stale)
+                .values(state="queued", dispatched_at=None)
                 .execution_options(synchronize_session=False)
             )
+            if requeued.rowcount == 1:  # type: ignore[attr-defined]
+                keys.append((slot.job_id, slot.slot))
     for job_id, slot_number in keys:
         log.warning("resending lost trial slot %s/%s", job_id, slot_number)
         dispatch(rt, job_id, [slot_number])

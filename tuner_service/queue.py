@@ -32,6 +32,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": max(1, settings.trial_time_limit_s - 60),
         "worker_max_tasks_per_child": settings.trials_per_worker_child,
         "worker_hijack_root_logger": False,
+        # A pool child imports TensorFlow before it reports ready (worker_process_init), which
+        # takes several seconds, more with CUDA: the default 4 s would kill it over and over.
+        "worker_proc_alive_timeout": 120.0,
         "broker_transport_options": {
             "visibility_timeout": settings.trial_time_limit_s + VISIBILITY_MARGIN_S,
         },

@@ -31,7 +31,7 @@ from tuner_service.search_space import (
     to_optuna_params,
 )
 
-READER_CACHE_SIZE = 128
+READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
 WORKER_ATTR = "worker"
 FAIL_REASON_ATTR = "fail_reason"
@@ -215,6 +215,11 @@ class StudyStore:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
         if not self.storage.get_trial(trial_id).state.is_finished():
             self.storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+
+    def state_of(self, study_name: str, number: int) -> str:
+        """The state of one trial ("complete", "pruned", "fail", "running", "waiting")."""
+        trial = self._reader(study_name).get_trials(deepcopy=False)[number]
+        return _STATE_NAMES[trial.state]
 
     def retry_params(self, study_name: str, number: int) -> None:
         """Enqueue a lost trial's parameters again so that its retry trains the same config."""

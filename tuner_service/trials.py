@@ -1,9 +1,13 @@
 """The life cycle of one trial slot, as a worker drives it: claim, ask, report, finish.
 
-Celery may deliver a task twice (late ack, redelivery after a lost worker, the reaper's resend);
-every function here is safe to repeat. A claim is a compare-and-set on the slot row, so only one
-delivery runs a slot at a time; a redelivery after a lost worker fails the lost Optuna trial and
-runs the same parameters again, at most ``max_trial_attempts`` times.
+Celery may deliver a task more than once (late ack, redelivery after a lost worker or a lost
+broker connection, the recovery loop's resend); every function here is safe to repeat.
+
+A claim is a compare-and-set on the slot row that bumps ``attempts``; the pair (task id,
+attempt) is the claim's token, and every later write of the slot checks it. So a run that was
+superseded (its worker was thought lost, yet lived on) finds out at its next epoch and stops
+without writing; the new run fails the old Optuna trial and trains the same parameters again,
+at most ``max_trial_attempts`` times.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, or_, update
+from sqlalchemy import ColumnElement, CursorResult, or_, update
 from sqlalchemy.orm import Session
 
 from tuner_service.adam import AdamConfig
@@ -30,18 +34,34 @@ from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
 from tuner_service.studies import SearchStopped
 
 log = logging.getLogger(__name__)
+LOST = "lost"  # report_epoch's answer when another delivery has taken the slot over
+INTERRUPTED = "interrupted (worker lost or infrastructure error); retried"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Which delivery owns a slot: its task id and the attempt number it claimed."""
+
+    job_id: str
+    slot: int
+    task_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)
 class TrialTicket:
     """What a worker needs to train one trial; plain data."""
 
-    job_id: str
-    slot: int
+    claim: Claim
     study_name: str
     number: int
     config: AdamConfig
     spec: JobCreate
+
+    @property
+    def job_id(self) -> str:
+        """The job this trial belongs to."""
+        return self.claim.job_id
 
 
 @dataclass(frozen=True)
@@ -61,66 +81,94 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         if job is None:
             return None
         spec = JobCreate.model_validate(job.spec)
-        study_name = job.study_name
-        if job.status in TERMINAL_JOB_STATUSES:
-            _close_unstarted(rt, session, job, slot)
-            return None
-    lost_number = _claim(rt, job_id, slot, task_id)
-    if lost_number is False:
+        study_name, status = job.study_name, job.status
+    if status in TERMINAL_JOB_STATUSES:
+        _close_unstarted(rt, job_id, study_name)
         return None
-    if isinstance(lost_number, int):
-        rt.studies.tell(study_name, lost_number, "fail", None,
-                        reason="interrupted (worker lost or infrastructure error); retried")
-        rt.studies.retry_params(study_name, lost_number)
+    claimed = _claim(rt, job_id, slot, task_id)
+    if claimed is None:
+        return None
+    claim, lost_number = claimed
+    if lost_number is not None and not _recover_lost_trial(rt, claim, study_name, lost_number):
+        return None
     try:
         asked = rt.studies.ask(study_name, spec, seed_offset=slot,
                                worker=worker or f"{socket.gethostname()}:{os.getpid()}")
     except SearchStopped as stop:
         fail_job(rt, job_id, str(stop))
+        _end_slot(rt, claim, "failed", str(stop))
         return None
-    _record_start(rt, job_id, slot, asked.number)
-    return TrialTicket(job_id, slot, study_name, asked.number, asked.config, spec)
+    if not _record_start(rt, claim, asked.number):
+        rt.studies.tell(study_name, asked.number, "fail", None,
+                        reason="superseded by another delivery")
+        return None
+    return TrialTicket(claim, study_name, asked.number, asked.config, spec)
 
 
-def _close_unstarted(rt: Runtime, session: Session, job: JobModel, slot: int) -> None:
-    """A slot of a finished job will not run; a trial a lost worker left behind is failed."""
-    row = repo.find_slot(session, job.id, slot)
-    if row is not None and row.state == "queued" and row.trial_number is not None:
-        rt.studies.tell(job.study_name, row.trial_number, "fail", None, reason="worker lost")
-    repo.cancel_open_slots(session, job_id=job.id)
+def _recover_lost_trial(rt: Runtime, claim: Claim, study_name: str, number: int) -> bool:
+    """A previous attempt left trial ``number``; True when this attempt must train again."""
+    if rt.studies.state_of(study_name, number) in ("complete", "pruned", "fail"):
+        # Its result was told before its worker died: the slot is done, nothing to rerun.
+        _end_slot(rt, claim, "done", None)
+        return False
+    rt.studies.tell(study_name, number, "fail", None, reason=INTERRUPTED)
+    rt.studies.retry_params(study_name, number)
+    return True
 
 
-def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> int | None | bool:
+def _close_unstarted(rt: Runtime, job_id: str, study_name: str) -> None:
+    """Queued slots of a finished job will not run; trials lost workers left are failed."""
+    with session_scope(rt.sessions) as session:
+        lost = repo.cancel_open_slots(session, job_id=job_id)
+    fail_lost_trials(rt, study_name, lost)
+
+
+def fail_lost_trials(rt: Runtime, study_name: str, numbers: list[int]) -> None:
+    """Fail trials whose worker was lost and whose slot will not run again."""
+    for number in numbers:
+        rt.studies.tell(study_name, number, "fail", None, reason="worker lost")
+
+
+def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> tuple[Claim, int | None] | None:
     """Compare-and-set the slot to running for this task.
 
-    Returns False when another delivery owns it (or it ended), else the number of the trial a
-    lost worker left behind (or None when there is none).
+    Returns the claim and the number of a trial a lost attempt left behind, or None when
+    another live delivery owns the slot, or it has ended.
     """
     stale = utcnow() - timedelta(seconds=rt.settings.stale_after_s)
-    this_slot = (TrialSlotModel.job_id == job_id) & (TrialSlotModel.slot == slot)
     with session_scope(rt.sessions) as session:
         before = repo.find_slot(session, job_id, slot)
         if before is None or before.state in repo.TERMINAL_SLOT_STATES:
-            return False
-        lost = before.trial_number
-        claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            return None
+        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(TrialSlotModel)
-            .where(this_slot, TrialSlotModel.attempts < rt.settings.max_trial_attempts)
+            .where(_this_slot(job_id, slot), TrialSlotModel.attempts == before.attempts,
+                   TrialSlotModel.attempts < rt.settings.max_trial_attempts)
             .where(or_(
                 TrialSlotModel.state == "queued",
                 (TrialSlotModel.state == "running")
                 & or_(TrialSlotModel.task_id == task_id, TrialSlotModel.heartbeat_at < stale),
             ))
-            .where(TrialSlotModel.attempts == before.attempts)
             .values(state="running", task_id=task_id, attempts=TrialSlotModel.attempts + 1,
                     heartbeat_at=utcnow(), trial_number=None)
             .execution_options(synchronize_session=False)
         )
-    if claimed.rowcount == 1:
-        return lost
+    if result.rowcount == 1:
+        return Claim(job_id, slot, task_id, before.attempts + 1), before.trial_number
     if before.attempts >= rt.settings.max_trial_attempts and _is_lost(before, task_id, stale):
-        _give_up(rt, job_id, slot, lost)
-    return False
+        _give_up(rt, before)
+    return None
+
+
+def _this_slot(job_id: str, slot: int) -> ColumnElement[bool]:
+    return (TrialSlotModel.job_id == job_id) & (TrialSlotModel.slot == slot)
+
+
+def _owned_by(claim: Claim) -> ColumnElement[bool]:
+    """The slot is still running under this claim."""
+    return (_this_slot(claim.job_id, claim.slot) & (TrialSlotModel.state == "running")
+            & (TrialSlotModel.task_id == claim.task_id)
+            & (TrialSlotModel.attempts == claim.attempt))
 
 
 def _is_lost(slot: TrialSlotModel, task_id: str, stale: datetime) -> bool:
@@ -132,56 +180,85 @@ def _is_lost(slot: TrialSlotModel, task_id: str, stale: datetime) -> bool:
     return (beat if beat.tzinfo else beat.replace(tzinfo=UTC)) < stale
 
 
-def _give_up(rt: Runtime, job_id: str, slot: int, lost: int | None) -> None:
+def _give_up(rt: Runtime, slot: TrialSlotModel) -> None:
     reason = f"worker lost {rt.settings.max_trial_attempts} times; gave up"
     with session_scope(rt.sessions) as session:
-        study_name = repo.find_job_or_raise(session, job_id).study_name
-    if lost is not None:
-        rt.studies.tell(study_name, lost, "fail", None, reason=reason)
-    _end_slot(rt, job_id, slot, "failed", reason)
+        study_name = repo.find_job_or_raise(session, slot.job_id).study_name
+        ended = _update_slot(session, _this_slot(slot.job_id, slot.slot)
+                             & (TrialSlotModel.attempts == slot.attempts)
+                             & TrialSlotModel.state.in_(("queued", "running")),
+                             state="failed", error=reason, finished_at=utcnow())
+    if not ended:
+        return
+    if slot.trial_number is not None:
+        rt.studies.tell(study_name, slot.trial_number, "fail", None, reason=reason)
+    _finish_job_if_done(rt, slot.job_id)
 
 
-def _record_start(rt: Runtime, job_id: str, slot: int, number: int) -> None:
+def _update_slot(session: Session, where: ColumnElement[bool], **values: Any) -> bool:
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        update(TrialSlotModel).where(where).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _record_start(rt: Runtime, claim: Claim, number: int) -> bool:
     with session_scope(rt.sessions) as session:
-        session.execute(
-            update(TrialSlotModel)
-            .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot)
-            .values(trial_number=number, heartbeat_at=utcnow())
-        )
+        if not _update_slot(session, _owned_by(claim), trial_number=number,
+                            heartbeat_at=utcnow()):
+            return False
         session.execute(
             update(JobModel)
-            .where(JobModel.id == job_id, JobModel.status == "queued")
+            .where(JobModel.id == claim.job_id, JobModel.status == "queued")
             .values(status="running", started_at=utcnow())
         )
+    return True
 
 
 def report_epoch(rt: Runtime, ticket: TrialTicket, epoch: int, value: float) -> str | None:
-    """Record one epoch; returns why the trial must stop now ("pruned", "cancelled") or None."""
-    prune = rt.studies.report(ticket.study_name, ticket.number, epoch, value)
+    """Record one epoch; returns why the trial must stop now, or None to go on.
+
+    "lost": another delivery took the slot over (nothing more may be written); "job
+    cancelled" / "job failed": the job ended; "pruned": the pruner says stop.
+    """
     with session_scope(rt.sessions) as session:
-        repo.touch_slot(session, job_id=ticket.job_id, slot=ticket.slot)
+        owned = _update_slot(session, _owned_by(ticket.claim), heartbeat_at=utcnow())
         job = repo.find_job_or_raise(session, ticket.job_id)
-        cancelled = job.status == "cancelled"
-    if cancelled:
-        return "cancelled"
+        status = job.status
+    if not owned:
+        return LOST
+    if status in TERMINAL_JOB_STATUSES:
+        return f"job {status}"
+    prune = rt.studies.report(ticket.study_name, ticket.number, epoch, value)
     return "pruned" if prune else None
 
 
 def finish_trial(rt: Runtime, ticket: TrialTicket, outcome: TrialOutcome) -> None:
-    """Tell the study how the trial ended, close the slot, and finish the job when all ended."""
+    """Tell the study how the trial ended, close the slot, and finish the job when all ended.
+
+    A superseded run writes nothing: the delivery that took its slot over owns the result.
+    """
+    if outcome.reason == LOST or not _owns(rt, ticket.claim):
+        log.warning("trial %s of job %s was taken over; dropping its result",
+                    ticket.number, ticket.job_id)
+        return
     rt.studies.tell(ticket.study_name, ticket.number, outcome.state, outcome.value,
                     reason=outcome.reason)
-    _end_slot(rt, ticket.job_id, ticket.slot, "done", None)
+    _end_slot(rt, ticket.claim, "done", None)
 
 
-def _end_slot(rt: Runtime, job_id: str, slot: int, state: str, error: str | None) -> None:
+def _owns(rt: Runtime, claim: Claim) -> bool:
     with session_scope(rt.sessions) as session:
-        session.execute(
-            update(TrialSlotModel)
-            .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot)
-            .values(state=state, error=error, finished_at=utcnow())
-        )
-    _finish_job_if_done(rt, job_id)
+        return _update_slot(session, _owned_by(claim), heartbeat_at=utcnow())
+
+
+def _end_slot(rt: Runtime, claim: Claim, state: str, error: str | None) -> None:
+    with session_scope(rt.sessions) as session:
+        ended = _update_slot(session, _owned_by(claim), state=state, error=error,
+                             finished_at=utcnow())
+    if ended:
+        _finish_job_if_done(rt, claim.job_id)
 
 
 def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
@@ -190,15 +267,14 @@ def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
         if any(s not in repo.TERMINAL_SLOT_STATES for s in states):
             return
         job = repo.find_job_or_raise(session, job_id)
-        if job.status in TERMINAL_JOB_STATUSES:
-            return
         spec = JobCreate.model_validate(job.spec)
-        study_name = job.study_name
+        study_name, status = job.study_name, job.status
     records = rt.studies.records(study_name, spec)
-    for orphan in (r for r in records if r.state == "running"):
-        # Every slot has ended, so no worker runs this trial: its worker died between asking
-        # for it and recording it.
-        rt.studies.tell(study_name, orphan.number, "fail", None, reason="worker lost")
+    # Every slot has ended, so no worker runs these: each worker died between asking for its
+    # trial and recording it.
+    fail_lost_trials(rt, study_name, [r.number for r in records if r.state == "running"])
+    if status in TERMINAL_JOB_STATUSES:
+        return
     if any(r.state == "complete" for r in records):
         _set_final_status(rt, job_id, "succeeded", None)
         return
@@ -217,16 +293,14 @@ def _set_final_status(rt: Runtime, job_id: str, status: str, error: str | None) 
 
 
 def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    """The search cannot go on: the job fails and its queued slots are dropped."""
+    """The search cannot go on: the job fails, queued slots are dropped, and running trials
+    stop at their next epoch."""
     log.error("job %s failed: %s", job_id, reason)
     _set_final_status(rt, job_id, "failed", reason)
     with session_scope(rt.sessions) as session:
-        repo.cancel_open_slots(session, job_id=job_id)
-        session.execute(
-            update(TrialSlotModel)
-            .where(TrialSlotModel.job_id == job_id, TrialSlotModel.state == "running")
-            .values(state="failed", error=reason, finished_at=utcnow())
-        )
+        lost = repo.cancel_open_slots(session, job_id=job_id)
+        study_name = repo.find_job_or_raise(session, job_id).study_name
+    fail_lost_trials(rt, study_name, lost)
 
 
 @contextmanager
@@ -239,9 +313,9 @@ def keep_alive(rt: Runtime, ticket: TrialTicket) -> Iterator[None]:
         while not stop.wait(interval):
             try:
                 with session_scope(rt.sessions) as session:
-                    repo.touch_slot(session, job_id=ticket.job_id, slot=ticket.slot)
+                    _update_slot(session, _owned_by(ticket.claim), heartbeat_at=utcnow())
             except Exception:  # a missed beat is retried; the trial itself goes on
-                log.warning("heartbeat of %s/%s failed", ticket.job_id, ticket.slot,
+                log.warning("heartbeat of %s/%s failed", ticket.job_id, ticket.claim.slot,
                             exc_info=True)
 
     thread = threading.Thread(target=beat, name="tuner-heartbeat", daemon=True)

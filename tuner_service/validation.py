@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner_service.adam import PARAM_NAMES
+from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES
 from tuner_service.config import Settings
 from tuner_service.schemas import JobCreate
 
@@ -19,6 +19,10 @@ def spec_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
     for field, cap in caps:
         if getattr(spec.budget, field) > cap:
             problems.append((("budget", field), f"must be at most {cap} on this server"))
+    planned = len(spec.enqueue) + (1 if spec.search_space.contains(PAPER_DEFAULTS) else 0)
+    if spec.enqueue and planned > spec.budget.n_trials:
+        problems.append((("enqueue",), f"{planned} configurations to try first (the paper "
+                         f"defaults included) exceed budget.n_trials ({spec.budget.n_trials})"))
     for index, partial in enumerate(spec.enqueue):
         for name in PARAM_NAMES:
             value = getattr(partial, name)

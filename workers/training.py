@@ -105,6 +105,8 @@ def _set_up(spec: TrainSpec) -> tuple[Dataset, keras.Model]:
         # so trials differ only in their Adam numbers.
         keras.utils.set_random_seed(spec.seed)
         return data, build_model(spec.model, data.input_shape, data.n_classes)
+    except OSError:
+        raise  # a download or disk problem may pass: not a reason to stop the search
     except Exception as error:
         raise SetupError(f"cannot set up {spec.model.builtin} on {spec.dataset.builtin}: "
                          f"{type(error).__name__}: {error}") from error

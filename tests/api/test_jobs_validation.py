@@ -56,6 +56,7 @@ BAD_SPECS = [
     (_with("pruner", "patient"), "pruner"),
     (_with("seed", -1), "seed"),
     (_with("enqueue", [{"learning_rate": 5.0}]), "enqueue[0].learning_rate"),
+    (_with("enqueue", [{"learning_rate": 0.01}] * 3), "enqueue"),
     (_with("surprise", True), "surprise"),
     ({"dataset": {"builtin": "digits"}}, "model"),
 ]

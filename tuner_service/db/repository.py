@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
@@ -82,26 +82,23 @@ def mark_dispatched(session: Session, *, job_id: str, slot: int) -> None:
     )
 
 
-def touch_slot(session: Session, *, job_id: str, slot: int) -> None:
-    """Heartbeat: the worker running this slot is alive."""
-    session.execute(
-        update(TrialSlotModel)
-        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot)
-        .values(heartbeat_at=utcnow())
+def cancel_open_slots(session: Session, *, job_id: str) -> list[int]:
+    """Queued slots of a finished job will never run; returns the numbers of the trials that
+    lost workers left in them (requeued by recovery), which nobody will finish now."""
+    queued = (TrialSlotModel.job_id == job_id) & (TrialSlotModel.state == "queued")
+    lost = session.scalars(
+        select(TrialSlotModel.trial_number).where(queued, TrialSlotModel.trial_number.is_not(None))
     )
-
-
-def cancel_open_slots(session: Session, *, job_id: str) -> None:
-    """Queued slots of a cancelled job will never run."""
+    numbers = [n for n in lost if n is not None]
     session.execute(
-        update(TrialSlotModel)
-        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.state == "queued")
-        .values(state="cancelled", finished_at=utcnow())
+        update(TrialSlotModel).where(queued).values(state="cancelled", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
     )
+    return numbers
 
 
-def stale_slots(session: Session, *, heartbeat_before: datetime,
-                dispatched_before: datetime) -> list[TrialSlotModel]:
+def stale_condition(*, heartbeat_before: datetime, dispatched_before: datetime
+                    ) -> ColumnElement[bool]:
     """Running slots whose worker went quiet, and queued slots never handed to the broker."""
     running_lost = (TrialSlotModel.state == "running") & (
         TrialSlotModel.heartbeat_at < heartbeat_before
@@ -111,7 +108,12 @@ def stale_slots(session: Session, *, heartbeat_before: datetime,
             select(JobModel.id).where(JobModel.created_at < dispatched_before)
         )
     )
-    return list(session.scalars(select(TrialSlotModel).where(running_lost | never_sent)))
+    return running_lost | never_sent
+
+
+def stale_slots(session: Session, condition: ColumnElement[bool]) -> list[TrialSlotModel]:
+    """The slots matching a ``stale_condition``."""
+    return list(session.scalars(select(TrialSlotModel).where(condition)))
 
 
 def count_rows(session: Session) -> dict[str, Any]:
