@@ -24,17 +24,14 @@ def add_job(session: Session, *, job: JobModel) -> None:
     session.add_all(TrialSlotModel(job_id=job.id, slot=i) for i in range(job.n_trials))
 
 
-def find_job(session: Session, job_id: str, *, lock: bool = False) -> JobModel | None:
-    """The job with that id, or None; ``lock`` holds its row until commit."""
-    query = select(JobModel).where(JobModel.id == job_id)
-    if lock:
-        query = query.with_for_update()
-    return session.scalars(query).one_or_none()
+def find_job(session: Session, job_id: str) -> JobModel | None:
+    """The job with that id, or None."""
+    return session.scalars(select(JobModel).where(JobModel.id == job_id)).one_or_none()
 
 
-def find_job_or_raise(session: Session, job_id: str, *, lock: bool = False) -> JobModel:
+def find_job_or_raise(session: Session, job_id: str) -> JobModel:
     """The job with that id; NotFound otherwise."""
-    job = find_job(session, job_id, lock=lock)
+    job = find_job(session, job_id)
     if job is None:
         raise NotFound(job_id)
     return job
@@ -52,14 +49,11 @@ def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[JobMod
     return list(session.scalars(query)), total
 
 
-def find_slot(session: Session, job_id: str, slot: int, *, lock: bool = False
-              ) -> TrialSlotModel | None:
-    """One slot of a job; ``lock`` holds its row so two deliveries cannot both claim it."""
+def find_slot(session: Session, job_id: str, slot: int) -> TrialSlotModel | None:
+    """One slot of a job (claims are compare-and-set updates, not row locks: SQLite has none)."""
     query = select(TrialSlotModel).where(
         TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot
     )
-    if lock:
-        query = query.with_for_update()
     return session.scalars(query).one_or_none()
 
 
