@@ -243,8 +243,11 @@ def finish_trial(rt: Runtime, ticket: TrialTicket, outcome: TrialOutcome) -> Non
         log.warning("trial %s of job %s was taken over; dropping its result",
                     ticket.number, ticket.job_id)
         return
+    # "pruned" says nothing the state does not; other reasons ("job cancelled", "diverged: …")
+    # are kept with the trial.
+    reason = None if outcome.reason == "pruned" else outcome.reason
     rt.studies.tell(ticket.study_name, ticket.number, outcome.state, outcome.value,
-                    reason=outcome.reason)
+                    reason=reason)
     _end_slot(rt, ticket.claim, "done", None)
 
 
