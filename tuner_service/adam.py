@@ -12,8 +12,8 @@ PARAM_NAMES = ("learning_rate", "beta_1", "beta_2", "epsilon", "decay")
 class AdamConfig:
     """One point of the search: the five numbers that define an Adam optimizer.
 
-    ``decay`` is Keras 2's per-step learning-rate decay, lr_t = lr / (1 + decay * t); Keras 3
-    ignores ``Adam(decay=...)``, so the worker turns it into an ``InverseTimeDecay`` schedule.
+    ``decay`` is Keras 2's per-step learning-rate decay, lr_t = lr / (1 + decay * t); Keras 3's
+    Adam ignores its ``decay`` argument, so the worker builds an ``InverseTimeDecay`` schedule.
     """
 
     learning_rate: float

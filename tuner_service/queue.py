@@ -48,12 +48,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def _folder_broker_options(settings: Settings) -> dict[str, Any]:
     folder = settings.broker_folder
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        # Exchange bindings; kombu's default is ./control in whatever folder we run from.
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "polling_interval": settings.filesystem_poll_s,
     }
