@@ -96,8 +96,11 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = settings_env(settings)
+    elsewhere = tmp_path / "cwd"  # everything must land in TUNER_HOME, nothing in the cwd
+    elsewhere.mkdir()
     up = subprocess.Popen([sys.executable, "-m", "tuner_service.cli", "up", "--port",
-                           str(port), "--workers", "1"], env=env, start_new_session=True)
+                           str(port), "--workers", "1"], env=env, start_new_session=True,
+                          cwd=elsewhere)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -118,3 +121,4 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
         assert up.wait(timeout=60) is not None
     leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "worker processes outlived tuner up"
+    assert list(elsewhere.iterdir()) == []
