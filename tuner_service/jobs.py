@@ -50,15 +50,22 @@ def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
 
 
 def dispatch(rt: Runtime, job_id: str, slots: range | list[int]) -> None:
-    """Send the slots' tasks; a send that fails is left for ``recover_lost_work`` to repeat."""
+    """Send the slots' tasks; a send that fails is left for ``recover_lost_work`` to repeat.
+
+    The sent slots are marked in one commit: should the process die before it, the recovery
+    loop resends them, and a duplicate delivery is harmless.
+    """
+    sent = []
     for slot in slots:
         try:
             rt.queue.send_trial(job_id, slot)
         except Exception:
             log.exception("could not enqueue %s/%s; it will be sent again", job_id, slot)
             continue
+        sent.append(slot)
+    if sent:
         with session_scope(rt.sessions) as session:
-            repo.mark_dispatched(session, job_id=job_id, slot=slot)
+            repo.mark_dispatched(session, job_id=job_id, slots=sent)
 
 
 def cancel_job(rt: Runtime, job_id: str) -> None:
@@ -116,8 +123,7 @@ def recover_lost_work(rt: Runtime) -> int:
             # condition is repeated so a slot that ended meanwhile is left alone.
             requeued = session.execute(
                 update(TrialSlotModel)
-                .where(TrialSlotModel.job_id == slot.job_id, TrialSlotModel.slot == slot.slot,
-                       stale)
+                .where(repo.slot_key(slot.job_id, slot.slot), stale)
                 .values(state="queued", dispatched_at=None)
                 .execution_options(synchronize_session=False)
             )

@@ -121,6 +121,10 @@ class StudyStore:
     def __init__(self, url: str, engine_kwargs: dict[str, Any]) -> None:
         self._url = url
         self._engine_kwargs = engine_kwargs
+        database = make_url(url)
+        self._ask_lock_path = (f"{database.database}.ask-lock"
+                               if database.get_backend_name() == "sqlite" and database.database
+                               else None)
         self._storage: optuna.storages.RDBStorage | None = None
         self._studies: dict[str, optuna.Study] = {}
         self._readers: OrderedDict[str, optuna.Study] = OrderedDict()
@@ -181,11 +185,10 @@ class StudyStore:
         Optuna hands out a waiting (enqueued) trial with SELECT ... FOR UPDATE, which SQLite
         ignores: two processes could both take trial 0. PostgreSQL needs no lock.
         """
-        url = make_url(self._url)
-        if url.get_backend_name() != "sqlite" or not url.database:
+        if self._ask_lock_path is None:
             yield
             return
-        with open(f"{url.database}.ask-lock", "a") as handle:
+        with open(self._ask_lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

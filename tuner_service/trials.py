@@ -142,7 +142,7 @@ def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> tuple[Claim, in
             return None
         result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(TrialSlotModel)
-            .where(_this_slot(job_id, slot), TrialSlotModel.attempts == before.attempts,
+            .where(repo.slot_key(job_id, slot), TrialSlotModel.attempts == before.attempts,
                    TrialSlotModel.attempts < rt.settings.max_trial_attempts)
             .where(or_(
                 TrialSlotModel.state == "queued",
@@ -160,13 +160,9 @@ def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> tuple[Claim, in
     return None
 
 
-def _this_slot(job_id: str, slot: int) -> ColumnElement[bool]:
-    return (TrialSlotModel.job_id == job_id) & (TrialSlotModel.slot == slot)
-
-
 def _owned_by(claim: Claim) -> ColumnElement[bool]:
     """The slot is still running under this claim."""
-    return (_this_slot(claim.job_id, claim.slot) & (TrialSlotModel.state == "running")
+    return (repo.slot_key(claim.job_id, claim.slot) & (TrialSlotModel.state == "running")
             & (TrialSlotModel.task_id == claim.task_id)
             & (TrialSlotModel.attempts == claim.attempt))
 
@@ -184,7 +180,7 @@ def _give_up(rt: Runtime, slot: TrialSlotModel) -> None:
     reason = f"worker lost {rt.settings.max_trial_attempts} times; gave up"
     with session_scope(rt.sessions) as session:
         study_name = repo.find_job_or_raise(session, slot.job_id).study_name
-        ended = _update_slot(session, _this_slot(slot.job_id, slot.slot)
+        ended = _update_slot(session, repo.slot_key(slot.job_id, slot.slot)
                              & (TrialSlotModel.attempts == slot.attempts)
                              & TrialSlotModel.state.in_(("queued", "running")),
                              state="failed", error=reason, finished_at=utcnow())

@@ -49,12 +49,14 @@ def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[JobMod
     return list(session.scalars(query)), total
 
 
+def slot_key(job_id: str, slot: int) -> ColumnElement[bool]:
+    """The condition that selects one slot of a job."""
+    return (TrialSlotModel.job_id == job_id) & (TrialSlotModel.slot == slot)
+
+
 def find_slot(session: Session, job_id: str, slot: int) -> TrialSlotModel | None:
     """One slot of a job (claims are compare-and-set updates, not row locks: SQLite has none)."""
-    query = select(TrialSlotModel).where(
-        TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot
-    )
-    return session.scalars(query).one_or_none()
+    return session.scalars(select(TrialSlotModel).where(slot_key(job_id, slot))).one_or_none()
 
 
 def slot_states(session: Session, job_id: str) -> dict[str, int]:
@@ -67,11 +69,11 @@ def slot_states(session: Session, job_id: str) -> dict[str, int]:
     return {state: count for state, count in rows}
 
 
-def mark_dispatched(session: Session, *, job_id: str, slot: int) -> None:
-    """Record that a slot's task reached the broker."""
+def mark_dispatched(session: Session, *, job_id: str, slots: list[int]) -> None:
+    """Record that these slots' tasks reached the broker."""
     session.execute(
         update(TrialSlotModel)
-        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot == slot)
+        .where(TrialSlotModel.job_id == job_id, TrialSlotModel.slot.in_(slots))
         .values(dispatched_at=utcnow())
     )
 
