@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick start 2: set up (Redis and PostgreSQL from Debian packages, dev tools), lint, type-check,
+# Quick start 2: set up (Redis, PostgreSQL and Chromium from Debian packages, dev tools), lint, type-check,
 # check import layers, and run the whole test suite against real servers and real workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ need_packages=()
 command -v redis-server >/dev/null || need_packages+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
 command -v pgrep >/dev/null || need_packages+=(procps)
+# The report page's browser test drives Debian's chromium through Playwright (no download).
+[ -x /usr/bin/chromium ] || need_packages+=(chromium)
 if [ ${#need_packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -q

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, free_port
 from tuner_service.app import create_app
 from tuner_service.config import Settings
 from tuner_service.db.migrate import upgrade
@@ -166,3 +168,20 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
     with running_stack(make_settings(request.param, home, request, stale_after_s=20)) as stack:
         yield stack
+
+
+@contextlib.contextmanager
+def http_server(settings: Settings) -> Iterator[str]:
+    """A real HTTP server (uvicorn on a loopback port) over ``settings``; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, recover_every_s=None),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

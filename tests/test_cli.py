@@ -6,20 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import settings_env
+from tests.conftest import http_server, settings_env
 from tests.servers import free_port
-from tuner_service.app import create_app
 from tuner_service.cli import EXAMPLE_SPEC, app
 from tuner_service.config import Settings
 
@@ -28,16 +25,8 @@ runner = CliRunner()
 
 @pytest.fixture
 def server_url(settings: Settings) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, recover_every_s=None),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with http_server(settings) as url:
+        yield url
 
 
 def _spec_file(tmp_path: Path, **changes: object) -> Path:

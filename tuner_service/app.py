@@ -8,10 +8,11 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
 
 from tuner_service import __version__
 from tuner_service.api.errors import BodySizeLimit, install_error_handlers
-from tuner_service.api.routes import health, jobs
+from tuner_service.api.routes import health, jobs, pages
 from tuner_service.config import Settings
 from tuner_service.jobs import recover_lost_work
 from tuner_service.runtime import Runtime, build_runtime
@@ -44,6 +45,9 @@ def create_app(settings: Settings | None = None, *, recover_every_s: float | Non
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(pages.router)
+    # The report page inlines plotly.js (~4.7 MB) so it works offline; gzip makes it ~1.4 MB.
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     return app
 

@@ -39,14 +39,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _call(url: str | None, method: str, *args: Any) -> dict[str, Any]:
+def _call(url: str | None, method: str, *args: Any) -> Any:
     """Call the API; turn refusals and unreachable servers into messages and exit codes."""
     import httpx
 
     try:
         with _client(url) as client:
-            result: dict[str, Any] = getattr(client, method)(*args)
-            return result
+            return getattr(client, method)(*args)
     except ApiError as error:
         raise _fail(str(error), 2 if error.status_code == 422 else 1) from None
     except httpx.TransportError as error:
@@ -217,40 +216,89 @@ def cancel(job_id: str, url: UrlOption = None) -> None:
 
 
 @app.command()
-def report(job_id: str, url: UrlOption = None,
-           as_json: JsonOption = False) -> None:
-    """Print a job's best-config report."""
-    body = _call(url, "report", job_id)
-    if as_json:
-        console.print_json(json.dumps(body))
-    else:
-        print_report(body)
+def report(
+    job_id: str,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+    html: Annotated[Path | None, typer.Option(
+        help="Write the report page (one self-contained HTML file) here", dir_okay=False,
+    )] = None,
+    open_it: Annotated[bool, typer.Option(
+        "--open", help="Open the report in a browser (the --html file, else the live page)",
+    )] = False,
+) -> None:
+    """Print a job's best-config report, or write / open its HTML page."""
+    if html is not None:
+        page = _call(url, "report_html", job_id)
+        try:
+            html.write_text(page, encoding="utf-8")
+        except OSError as error:
+            raise _fail(f"--html: cannot write {html}: {error.strerror}", 2) from None
+        console.print(f"wrote {html} ({len(page) / 1e6:.1f} MB, works offline)")
+    if open_it:
+        _open_in_browser(html.resolve().as_uri() if html else _report_url(url, job_id))
+    if html is None and not open_it:
+        body = _call(url, "report", job_id)
+        if as_json:
+            console.print_json(json.dumps(body))
+        else:
+            print_report(body)
+
+
+def _report_url(url: str | None, job_id: str) -> str:
+    _call(url, "job", job_id)  # an unknown job fails here, with the API's message
+    with _client(url) as client:
+        return client.report_url(job_id)
+
+
+def _open_in_browser(target: str) -> None:
+    import webbrowser
+
+    if not webbrowser.open(target):
+        raise _fail(f"no browser found; open {target} yourself")
+    console.print(f"opened {target}")
 
 
 def print_report(report: dict[str, Any]) -> None:
-    """The report as a table: best against the paper defaults, and the Keras snippet."""
+    """The report in the terminal: best against the paper defaults, trust, and the snippet."""
     metric = report["objective"]["metric"]
     title = f"Best Adam configuration ({metric}, {report['objective']['direction']})"
     if report["partial"]:
         title += " — partial, the job is still running"
-    table = Table("", "best", "paper defaults", title=title)
+    table = Table("", "best", "paper defaults", "searched over", title=title)
     best, base = report["best"], report["baseline"]
-    for key in ("learning_rate", "beta_1", "beta_2", "epsilon", "decay"):
+    for param in report["parameters"]:
+        key = param["name"]
         table.add_row(key, _num(best["params"][key]) if best else "-",
-                      _num(base["params"][key]) if base else "-")
+                      _num(base["params"][key]) if base else "-", _searched(param["searched"]))
     table.add_row(metric, _num(best["value"]) if best else "-",
-                  _num(base["value"]) if base and base["value"] is not None else "-")
+                  _num(base["value"]) if base and base["value"] is not None else "-", "")
     console.print(table)
-    counts = report["trial_counts"]
+    counts, compute = report["trial_counts"], report["compute"]
     console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(f"compute: {compute['trial_epochs']} trial-epochs, "
+                  f"{compute['worker_seconds']:.1f} worker-seconds")
     if report["improvement"]:
         gain = report["improvement"]
         relative = f" ({gain['relative']:.1%})" if gain["relative"] is not None else ""
         console.print(f"improvement over the paper defaults: {gain['absolute']:.4g}{relative}")
+    if report["best_found"]:
+        found = report["best_found"]
+        console.print(f"best found after {found['after_trials']} trials "
+                      f"({found['after_trial_epochs']} trial-epochs)")
+    if report["spread"]:
+        console.print(f"trust: {report['spread']['verdict']} — {report['spread']['explanation']}")
     if report["message"]:
         console.print(report["message"])
     if report["keras_snippet"]:
         console.print("\n" + report["keras_snippet"], highlight=False, markup=False)
+
+
+def _searched(space: dict[str, Any] | None) -> str:
+    if space is None:
+        return "fixed"
+    text = f"{_num(space['low'])} … {_num(space['high'])}{' log' if space['log'] else ''}"
+    return f"0 or {text}" if space["include_zero"] else text
 
 
 @app.command()

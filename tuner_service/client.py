@@ -58,6 +58,14 @@ class TunerClient:
         """A job's best-config report."""
         return self._call("GET", f"/v1/jobs/{job_id}/report")
 
+    def report_html(self, job_id: str) -> str:
+        """A job's report as one self-contained HTML page (plotly.js inlined)."""
+        return self._request("GET", f"/v1/jobs/{job_id}/report.html").text
+
+    def report_url(self, job_id: str) -> str:
+        """Where a browser shows the live report page."""
+        return f"{self._http.base_url}/v1/jobs/{job_id}/report.html"
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job."""
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
@@ -70,6 +78,10 @@ class TunerClient:
             return False
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self._request(method, path, **kwargs).json()
+        return body
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -77,5 +89,4 @@ class TunerClient:
             except ValueError:
                 detail = response.text
             raise ApiError(response.status_code, detail)
-        body: dict[str, Any] = response.json()
-        return body
+        return response

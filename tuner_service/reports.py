@@ -1,41 +1,94 @@
-"""The best-config report: the winner, how far it beats Adam's paper defaults, and a snippet."""
+"""The best-config report: the winner, how far it beats Adam's paper defaults, and how much to
+trust it. Every number is computed from the same trial records the trials endpoint serves."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from tuner_service.adam import AdamConfig
+import yaml
+
+from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
 from tuner_service.db.models import JobModel
-from tuner_service.schemas import (
-    TERMINAL_JOB_STATUSES,
-    AdamParams,
+from tuner_service.report_schema import (
     BaselineTrial,
-    BestTrial,
+    BestFound,
+    ComputeSpent,
     Improvement,
-    JobCreate,
+    ParamSummary,
+    RankedTrial,
     ReportPublic,
+    Spread,
+    SpreadVerdict,
 )
+from tuner_service.schemas import TERMINAL_JOB_STATUSES, AdamParams, BestTrial, JobCreate
+from tuner_service.search_space import ParamRange
 from tuner_service.studies import TrialRecord
-from tuner_service.views import best_trial, trial_counts
+from tuner_service.views import aware, best_trial, trial_counts
+
+DEFAULT_TOP_K = 5
+# Trials within this relative distance of the best count as "as good": below the run-to-run
+# noise of a small Keras fit, so a user should not prefer one over another.
+NEAR_BEST = 0.05
 
 
-def build_report(job: JobModel, records: Sequence[TrialRecord]) -> ReportPublic:
+def build_report(job: JobModel, records: Sequence[TrialRecord], *, top_k: int = DEFAULT_TOP_K,
+                 now: datetime | None = None) -> ReportPublic:
     """The report of a job; ``partial`` while it still runs."""
+    now = now or datetime.now(UTC)
     spec = JobCreate.model_validate(job.spec)
-    best = best_trial(records, spec.objective.minimize)
+    minimize = spec.objective.minimize
+    best = best_trial(records, minimize)
     baseline = _baseline(records)
+    ranked = ranked_trials(records, minimize)
     return ReportPublic(
         job_id=job.id,
+        name=job.name,
         status=job.status,
         partial=job.status not in TERMINAL_JOB_STATUSES,
+        generated_at=now,
         objective=spec.objective,
         trial_counts=trial_counts(records),
         best=best,
         baseline=baseline,
-        improvement=_improvement(best, baseline, spec.objective.minimize),
+        improvement=_improvement(best, baseline, minimize),
+        parameters=_parameters(spec, best),
+        compute=_compute(job, records, now),
+        best_found=_best_found(job, records, best),
+        top_k=ranked[:top_k],
+        spread=_spread(ranked, top_k),
         keras_snippet=keras_snippet(AdamConfig(**best.params.model_dump())) if best else None,
-        message=_message(job, spec, best, baseline),
+        job_spec_yaml=job_spec_yaml(spec),
+        message=_message(job, best, baseline),
     )
+
+
+def ranked_trials(records: Sequence[TrialRecord], minimize: bool) -> list[RankedTrial]:
+    """Complete trials from best to worst, ties to the lower number (as ``best_trial``)."""
+    complete = [r for r in records if r.state == "complete" and r.value is not None and r.config]
+    sign = 1.0 if minimize else -1.0
+    complete.sort(key=lambda r: (sign * (r.value or 0.0), r.number))
+    best_value = complete[0].value if complete else None
+    return [_ranked(rank, r, best_value or 0.0) for rank, r in enumerate(complete, start=1)]
+
+
+def _ranked(rank: int, record: TrialRecord, best_value: float) -> RankedTrial:
+    assert record.value is not None and record.config is not None
+    return RankedTrial(
+        rank=rank,
+        trial_number=record.number,
+        value=record.value,
+        gap_to_best=_gap(record.value, best_value),
+        params=AdamParams(**record.config.as_dict()),
+        intermediate_values=list(record.intermediate_values),
+    )
+
+
+def _gap(value: float, best: float) -> float:
+    if value == best:
+        return 0.0
+    return abs(value - best) / abs(best) if best != 0 else float("inf")
 
 
 def _baseline(records: Sequence[TrialRecord]) -> BaselineTrial | None:
@@ -50,6 +103,7 @@ def _baseline(records: Sequence[TrialRecord]) -> BaselineTrial | None:
         state=record.state,
         value=record.value,
         params=AdamParams(**record.config.as_dict()),
+        intermediate_values=list(record.intermediate_values),
     )
 
 
@@ -59,11 +113,105 @@ def _improvement(best: BestTrial | None, baseline: BaselineTrial | None, minimiz
         return None
     gain = baseline.value - best.value if minimize else best.value - baseline.value
     relative = gain / abs(baseline.value) if baseline.value != 0 else None
-    return Improvement(absolute=gain, relative=relative)
+    return Improvement(absolute=gain, relative=relative,
+                       percent=100 * relative if relative is not None else None)
 
 
-def _message(job: JobModel, spec: JobCreate, best: BestTrial | None,
-             baseline: BaselineTrial | None) -> str | None:
+def _parameters(spec: JobCreate, best: BestTrial | None) -> list[ParamSummary]:
+    defaults = PAPER_DEFAULTS.as_dict()
+    summaries = []
+    for name in PARAM_NAMES:
+        param = spec.search_space.param(name)
+        searched = param if isinstance(param, ParamRange) else None
+        summaries.append(ParamSummary(
+            name=name,
+            best=getattr(best.params, name) if best else None,
+            paper_default=defaults[name],
+            fixed=searched is None,
+            searched=searched,
+        ))
+    return summaries
+
+
+def _compute(job: JobModel, records: Sequence[TrialRecord], now: datetime) -> ComputeSpent:
+    started, finished = aware(job.started_at), aware(job.finished_at)
+    return ComputeSpent(
+        trial_epochs=sum(len(r.intermediate_values) for r in records),
+        worker_seconds=sum(_seconds_so_far(r, now) for r in records),
+        wall_seconds=((finished or now) - started).total_seconds() if started else None,
+    )
+
+
+def _seconds_so_far(record: TrialRecord, now: datetime) -> float:
+    if record.duration_s is not None:
+        return record.duration_s
+    if record.state == "running" and record.started_at is not None:
+        return max(0.0, (now - record.started_at).total_seconds())
+    return 0.0
+
+
+def _best_found(job: JobModel, records: Sequence[TrialRecord], best: BestTrial | None
+                ) -> BestFound | None:
+    """Where the best trial sits among trials in the order they ended."""
+    if best is None:
+        return None
+    ended = sorted((r for r in records if r.finished_at is not None),
+                   key=lambda r: (r.finished_at, r.number))
+    position = next(i for i, r in enumerate(ended) if r.number == best.trial_number)
+    finished_at = ended[position].finished_at
+    started = aware(job.started_at)
+    return BestFound(
+        trial_number=best.trial_number,
+        finished_at=finished_at,
+        after_trials=position + 1,
+        after_trial_epochs=sum(len(r.intermediate_values) for r in ended[: position + 1]),
+        after_seconds=(finished_at - started).total_seconds()
+        if finished_at and started else None,
+    )
+
+
+def _spread(ranked: Sequence[RankedTrial], top_k: int) -> Spread | None:
+    """The top-k values and settings side by side, read as a plateau or a lone spike."""
+    if not ranked:
+        return None
+    top = ranked[:top_k]
+    values = [t.value for t in top]
+    near = sum(1 for t in ranked if t.gap_to_best <= NEAR_BEST)
+    verdict, explanation = _verdict(len(ranked), near)
+    best = values[0]
+    return Spread(
+        k=len(top),
+        best=best,
+        worst=values[-1],
+        median=statistics.median(values),
+        relative_range=_gap(values[-1], best) if best != 0 else None,
+        near_best=near,
+        param_ranges={
+            name: (min(getattr(t.params, name) for t in top),
+                   max(getattr(t.params, name) for t in top))
+            for name in PARAM_NAMES
+        },
+        verdict=verdict,
+        explanation=explanation,
+    )
+
+
+def _verdict(complete: int, near: int) -> tuple[SpreadVerdict, str]:
+    if complete < 3:
+        return "too_few_trials", (f"Only {complete} trial(s) completed: too few to tell a "
+                                  "plateau from a lucky spike.")
+    if near >= 3:
+        return "plateau", (f"{near} configurations score within {NEAR_BEST:.0%} of the best: "
+                           "a plateau, so the best is not a lucky draw.")
+    if near == 2:
+        return "narrow", (f"One other configuration scores within {NEAR_BEST:.0%} of the best: "
+                          "a narrow optimum; compare the two before trusting either.")
+    return "spike", (f"No other configuration comes within {NEAR_BEST:.0%} of the best: it may "
+                     "be a lucky spike; re-run it with another seed before relying on it.")
+
+
+def _message(job: JobModel, best: BestTrial | None, baseline: BaselineTrial | None
+             ) -> str | None:
     if best is None:
         return "No trial has completed yet." if job.status not in TERMINAL_JOB_STATUSES else (
             f"No trial completed. {job.error or ''}".strip())
@@ -74,11 +222,20 @@ def _message(job: JobModel, spec: JobCreate, best: BestTrial | None,
     return None
 
 
+def job_spec_yaml(spec: JobCreate) -> str:
+    """The job's full spec, every default written out, so it runs again the same way."""
+    # Flow style for the innermost mappings keeps each range on one line: {low: .., high: ..}.
+    body = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False,
+                          default_flow_style=None)
+    return f"# Run it again:  tuner submit job.yaml --wait\n{body}"
+
+
 def keras_snippet(config: AdamConfig) -> str:
     """Copy-paste Keras 3 code that builds this optimizer (decay as InverseTimeDecay)."""
     lr = repr(config.learning_rate)
     if config.decay > 0:
         lr_line = (
+            "# Keras 3's Adam ignores decay=; lr / (1 + decay * step) is this schedule:\n"
             "learning_rate = keras.optimizers.schedules.InverseTimeDecay(\n"
             f"    initial_learning_rate={config.learning_rate!r}, decay_steps=1, "
             f"decay_rate={config.decay!r}\n)\n"

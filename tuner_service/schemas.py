@@ -195,37 +195,6 @@ class TrialsPublic(BaseModel):
     total: int
 
 
-class BaselineTrial(BaseModel):
-    """The trial that ran Adam's paper defaults."""
-
-    trial_number: int
-    state: TrialState
-    value: float | None
-    params: AdamParams
-
-
-class Improvement(BaseModel):
-    """How much the best trial beats the paper defaults; positive is better."""
-
-    absolute: float
-    relative: float | None
-
-
-class ReportPublic(BaseModel):
-    """The best-config report of a job (partial while it runs)."""
-
-    job_id: str
-    status: JobStatus
-    partial: bool
-    objective: Objective
-    trial_counts: TrialCounts
-    best: BestTrial | None
-    baseline: BaselineTrial | None
-    improvement: Improvement | None
-    keras_snippet: str | None
-    message: str | None
-
-
 class FieldError(BaseModel):
     """One problem with a request, named by its field."""
 

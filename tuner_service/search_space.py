@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
@@ -130,10 +131,30 @@ def _suggest(trial: optuna.Trial, name: str, param: float | ParamRange) -> float
         return param
     if param.include_zero and not trial.suggest_categorical(DECAY_SWITCH, [False, True]):
         return 0.0
+    optuna_name, dist = _float_distribution(name, param)
+    value = trial.suggest_float(optuna_name, dist.low, dist.high, log=dist.log)
+    return 1.0 - value if optuna_name != name else value
+
+
+def _float_distribution(name: str, param: ParamRange) -> tuple[str, FloatDistribution]:
+    """The Optuna name and float distribution that sample one searched Adam number."""
     if param.log and name in ("beta_1", "beta_2"):
-        one_minus = trial.suggest_float(_one_minus(name), 1 - param.high, 1 - param.low, log=True)
-        return 1.0 - one_minus
-    return trial.suggest_float(name, param.low, param.high, log=param.log)
+        return _one_minus(name), FloatDistribution(1 - param.high, 1 - param.low, log=True)
+    return name, FloatDistribution(param.low, param.high, log=param.log)
+
+
+def optuna_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """Every Optuna parameter ``suggest_config`` may sample, with its distribution."""
+    distributions: dict[str, BaseDistribution] = {}
+    for name in PARAM_NAMES:
+        param = space.param(name)
+        if not isinstance(param, ParamRange):
+            continue
+        if param.include_zero:
+            distributions[DECAY_SWITCH] = CategoricalDistribution([False, True])
+        optuna_name, dist = _float_distribution(name, param)
+        distributions[optuna_name] = dist
+    return distributions
 
 
 def to_optuna_params(values: Mapping[str, float], space: SearchSpace) -> dict[str, Any]:

@@ -9,13 +9,13 @@ from fastapi.exceptions import RequestValidationError
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
-from tuner_service.reports import build_report
+from tuner_service.report_schema import ReportPublic
+from tuner_service.reports import DEFAULT_TOP_K, build_report
 from tuner_service.schemas import (
     ErrorBody,
     JobCreate,
     JobPublic,
     JobsPublic,
-    ReportPublic,
     TrialsPublic,
     TrialState,
 )
@@ -23,6 +23,7 @@ from tuner_service.validation import as_validation_errors, spec_problems
 from tuner_service.views import job_public, trial_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+TopK = Annotated[int, Query(ge=1, le=50, description="How many top trials to compare")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such job"}
 }
@@ -82,7 +83,11 @@ def cancel_job(job_id: str, rt: RuntimeDep) -> JobPublic:
 
 
 @router.get("/{job_id}/report", response_model=ReportPublic, responses=NOT_FOUND)
-def get_report(job_id: str, rt: RuntimeDep) -> ReportPublic:
-    """The best-config report: the winner against Adam's paper defaults."""
+def get_report(
+    job_id: str,
+    rt: RuntimeDep,
+    top_k: TopK = DEFAULT_TOP_K,
+) -> ReportPublic:
+    """The best-config report: the winner against the paper defaults, and how far to trust it."""
     job, records, _ = jobs.get_job(rt, job_id)
-    return build_report(job, records)
+    return build_report(job, records, top_k=top_k)

@@ -1,0 +1,1 @@
+"""Server-rendered HTML: the jobs list and the best-config report page (no front-end build)."""
