@@ -325,6 +325,10 @@ def demo(
                       f"{spec['name']} ({spec['budget']['epochs']} epochs each)")
         final = wait_for(url, job["id"])
         print_report(_call(url, "report", job["id"]))
+        page = Settings().home / "demo-report.html"
+        page.write_text(_call(url, "report_html", job["id"]), encoding="utf-8")
+        console.print("\nThe report page, plots and all (open it in a browser):")
+        console.print(str(page), soft_wrap=True, highlight=False)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait()
