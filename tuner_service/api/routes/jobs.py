@@ -11,6 +11,7 @@ from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
 from tuner_service.report_schema import ReportPublic
 from tuner_service.reports import DEFAULT_TOP_K, build_report
+from tuner_service.runtime import Runtime
 from tuner_service.schemas import (
     ErrorBody,
     JobCreate,
@@ -40,16 +41,20 @@ def submit_job(spec: JobCreate, rt: RuntimeDep) -> JobPublic:
     return job_public(job, *jobs.get_job(rt, job.id)[1:])
 
 
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=200)]
+
+
 @router.get("", response_model=JobsPublic)
-def list_jobs(
-    rt: RuntimeDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> JobsPublic:
+def list_jobs(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> JobsPublic:
     """List jobs, newest first."""
+    return jobs_public(rt, offset, limit)
+
+
+def jobs_public(rt: Runtime, offset: int, limit: int) -> JobsPublic:
+    """A page of jobs, newest first, with their progress (the JSON list and the HTML page)."""
     page, total = jobs.list_jobs(rt, offset, limit)
-    items = [job_public(*jobs.get_job(rt, job.id)) for job in page]
-    return JobsPublic(items=items, total=total)
+    return JobsPublic(items=[job_public(*jobs.get_job(rt, job.id)) for job in page], total=total)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)

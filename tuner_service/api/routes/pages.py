@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
-from tuner_service.api.routes.jobs import NOT_FOUND, TopK
+from tuner_service.api.routes.jobs import NOT_FOUND, Limit, Offset, TopK, jobs_public
 from tuner_service.reports import DEFAULT_TOP_K, build_report
 from tuner_service.schemas import JobCreate
 from tuner_service.views import job_public
@@ -20,15 +18,10 @@ router = APIRouter(tags=["pages"])
 
 
 @router.get("/", response_class=HTMLResponse)
-def jobs_page(
-    rt: RuntimeDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> HTMLResponse:
+def jobs_page(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> HTMLResponse:
     """Every job with its status and progress, each linking to its report."""
-    page, total = jobs.list_jobs(rt, offset, limit)
-    items = [job_public(*jobs.get_job(rt, job.id)) for job in page]
-    return HTMLResponse(render_jobs(items, total, offset, limit))
+    page = jobs_public(rt, offset, limit)
+    return HTMLResponse(render_jobs(page.items, page.total, offset, limit))
 
 
 @router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
