@@ -238,3 +238,37 @@ def test_a_resend_that_fails_is_tried_again_on_the_next_pass(runtime: Runtime,
         session.execute(update(JobModel).values(created_at=utcnow() - timedelta(hours=1)))
     assert jobs.recover_lost_work(runtime) == 1
     assert _slot(runtime, job_id, 0).dispatched_at is not None
+
+
+def test_a_trial_epoch_budget_lets_pruning_buy_trials_then_stops_the_job(
+    runtime: Runtime, client: TestClient
+) -> None:
+    job_id = _job(runtime, n_trials=10,
+                  budget={"n_trials": 10, "epochs": 3, "max_trial_epochs": 7})
+    for slot, values, state in ((0, [0.9, 0.8, 0.7], "complete"), (1, [2.0], "pruned"),
+                                (2, [0.6, 0.5, 0.4], "complete")):
+        ticket = trials.start_trial(runtime, job_id, slot, f"task-{slot}")
+        assert ticket is not None, f"slot {slot} should run: the budget is not spent yet"
+        for epoch, value in enumerate(values, start=1):
+            trials.report_epoch(runtime, ticket, epoch, value)
+        trials.finish_trial(runtime, ticket, trials.TrialOutcome(
+            state, values[-1] if state == "complete" else None))
+    # 3 + 1 + 3 = 7 trial-epochs: the next slot starts nothing and the queue is drained.
+    assert trials.start_trial(runtime, job_id, 3, "task-3") is None
+    assert trials.start_trial(runtime, job_id, 4, "task-4") is None
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["trials_ended"] == 10
+    assert job["trial_counts"] == {"complete": 2, "pruned": 1, "fail": 0, "running": 0,
+                                   "waiting": 0}
+    assert client.get(f"/v1/jobs/{job_id}/report").json()["compute"]["trial_epochs"] == 7
+    assert _slot(runtime, job_id, 3).error == trials.BUDGET_SPENT
+
+
+def test_a_running_trial_reserves_its_full_epochs_of_the_budget(runtime: Runtime) -> None:
+    job_id = _job(runtime, n_trials=5,
+                  budget={"n_trials": 5, "epochs": 4, "max_trial_epochs": 6})
+    first = trials.start_trial(runtime, job_id, 0, "task-a")
+    assert first is not None
+    second = trials.start_trial(runtime, job_id, 1, "task-b")
+    assert second is not None  # 4 reserved < 6: another trial may start beside it
+    assert trials.start_trial(runtime, job_id, 2, "task-c") is None  # 8 reserved >= 6

@@ -89,6 +89,12 @@ class Budget(_Strict):
     n_trials: int = Field(default=20, ge=1)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=32, ge=1)
+    max_trial_epochs: int | None = Field(
+        default=None, ge=1,
+        description="Compute budget in trial-epochs: no trial starts once the job's trials have "
+        "trained this many epochs (a pruned trial counts the epochs it ran), so pruning buys "
+        "more trials and n_trials only caps how many. The last trial may end past it.",
+    )
 
 
 class PartialAdamConfig(_Strict):

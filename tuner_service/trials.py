@@ -36,6 +36,7 @@ from tuner_service.studies import SearchStopped
 log = logging.getLogger(__name__)
 LOST = "lost"  # report_epoch's answer when another delivery has taken the slot over
 INTERRUPTED = "interrupted (worker lost or infrastructure error); retried"
+BUDGET_SPENT = "budget.max_trial_epochs spent"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
     claim, lost_number = claimed
     if lost_number is not None and not _recover_lost_trial(rt, claim, study_name, lost_number):
         return None
+    if _trial_epochs_spent(rt, study_name, spec):
+        _stop_starting_trials(rt, claim, study_name)
+        return None
     try:
         asked = rt.studies.ask(study_name, spec, seed_offset=slot,
                                worker=worker or f"{socket.gethostname()}:{os.getpid()}")
@@ -103,6 +107,27 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
                         reason="superseded by another delivery")
         return None
     return TrialTicket(claim, study_name, asked.number, asked.config, spec)
+
+
+def _trial_epochs_spent(rt: Runtime, study_name: str, spec: JobCreate) -> bool:
+    """True when the job's trial-epoch budget leaves no room for another trial: the epochs
+    ended trials trained, plus a full trial for each one still running, reach it."""
+    budget = spec.budget.max_trial_epochs
+    if budget is None:
+        return False
+    records = rt.studies.records(study_name, spec)
+    committed = sum(spec.budget.epochs if r.state == "running" else len(r.intermediate_values)
+                    for r in records)
+    return committed >= budget
+
+
+def _stop_starting_trials(rt: Runtime, claim: Claim, study_name: str) -> None:
+    """The budget is spent: this slot and every queued one end without a trial (in one
+    statement, so the queue drains at once); running trials finish and end the job."""
+    with session_scope(rt.sessions) as session:
+        lost = repo.cancel_open_slots(session, job_id=claim.job_id)
+    fail_lost_trials(rt, study_name, lost)
+    _end_slot(rt, claim, "cancelled", BUDGET_SPENT)
 
 
 def _recover_lost_trial(rt: Runtime, claim: Claim, study_name: str, number: int) -> bool:

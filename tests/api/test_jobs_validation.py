@@ -49,6 +49,7 @@ BAD_SPECS = [
     (_with("budget.n_trials", 0), "budget.n_trials"),
     (_with("budget.n_trials", 5000), "budget.n_trials"),
     (_with("budget.epochs", 100000), "budget.epochs"),
+    (_with("budget.max_trial_epochs", 0), "budget.max_trial_epochs"),
     (_with("budget.batch_size", 10**7), "budget.batch_size"),
     (_with("objective.metric", "val_auc"), "objective.metric"),
     (_with("objective.direction", "maximize"), "objective"),
