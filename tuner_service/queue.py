@@ -41,6 +41,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.uses_embedded_broker:
         config["broker_transport_options"] = _folder_broker_options(settings)
+        # kombu's folder transport, writing each message atomically (see folder_broker).
+        config["broker_transport"] = "tuner_service.folder_broker:Transport"
         # The folder transport has no broadcast channel for remote control.
         config["worker_enable_remote_control"] = False
     return config
