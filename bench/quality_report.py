@@ -92,7 +92,8 @@ def _header() -> str:
         "tensorflow", "keras", "optuna", "keras-tuner", "scikit-learn", "celery"))
     command = " ".join(["python", "bench/quality.py", *sys.argv[1:]])
     return (f"## Quality at an equal budget (`bench/quality.py`)\n\n"
-            f"Regenerate: `python bench/quality.py --out docs`. These tables: `{command}`, "
+            "Regenerate (after `pip install -e '.[bench]'`): "
+            f"`python bench/quality.py --out docs`. These tables: `{command}`, "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores ({cpu}), "
             f"Python {platform.python_version()}, {libs}.\n\n"
             "Budget B = n_trials x epochs trial-epochs. Every method runs until it has spent B "
