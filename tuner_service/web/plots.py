@@ -64,7 +64,8 @@ def report_plots(report: ReportPublic, records: Sequence[TrialRecord], spec: Job
               lambda: learning_curves(report)),
         _plot("importances", "Parameter importances",
               f"How much of the variation in {metric} each number explains (fANOVA).",
-              lambda: vis.plot_param_importances(study, target_name=metric)),
+              lambda: vis.plot_param_importances(study, evaluator=_importance_evaluator(),
+                                                 target_name=metric)),
         _plot("contour", f"learning_rate against {other or 'another parameter'}",
               f"Interpolated {metric} over the two numbers; dots are trials.",
               lambda: _contour(study, other, metric)),
@@ -132,10 +133,17 @@ def _contour_partner(study: optuna.Study, spec: JobCreate) -> str | None:
         return None
     try:
         with _quiet():
-            ranking = list(optuna.importance.get_param_importances(study))
+            ranking = list(optuna.importance.get_param_importances(
+                study, evaluator=_importance_evaluator()))
     except (ValueError, RuntimeError):
         ranking = []  # too few trials to rank: any partner will do until then
     return next((name for name in ranking if name in others), others[0])
+
+
+def _importance_evaluator() -> optuna.importance.FanovaImportanceEvaluator:
+    """fANOVA with a fixed seed: the importance chart and the contour's choice of partner agree,
+    and a page shows the same ranking on every reload."""
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
 def _plot(key: str, title: str, how_to_read: str, draw: Callable[[], go.Figure],
