@@ -111,3 +111,27 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
     leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "worker processes outlived tuner up"
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_sigterm_to_tuner_up_alone_stops_its_workers_too(settings: Settings) -> None:
+    port = free_port()
+    up = subprocess.Popen([sys.executable, "-m", "tuner_service.cli", "up", "--port",
+                           str(port), "--workers", "1"], env=settings_env(settings),
+                          start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True,
+                              text=True).stdout.count("\n") >= 2  # tuner up and a worker
+    finally:
+        up.send_signal(signal.SIGTERM)  # what docker stop or systemd sends: to this process
+        assert up.wait(timeout=90) is not None
+    leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "worker processes outlived tuner up"

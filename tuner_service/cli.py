@@ -104,10 +104,17 @@ def up(
     processes = start_workers(settings, workers, gpus.split(",") if gpus else None)
     console.print(f"tuner-service on http://{host}:{port} with {workers} worker(s); "
                   f"data in {settings.home.resolve()}")
+    # uvicorn shuts down on SIGTERM, then re-raises it; with the default handler that kills
+    # this process before ``finally`` stops the workers (docker stop, systemd, kill).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
         stop_workers(processes)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command()
