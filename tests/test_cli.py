@@ -29,6 +29,18 @@ def server_url(settings: Settings) -> Iterator[str]:
         yield url
 
 
+def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
+    """Until the API of a starting ``tuner up`` answers its health check."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not become healthy in {timeout_s} s")
+
+
 def _spec_file(tmp_path: Path, **changes: object) -> Path:
     spec = {**yaml.safe_load(EXAMPLE_SPEC.read_text()), **changes}
     path = tmp_path / "job.yaml"
@@ -91,13 +103,7 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
                            str(port), "--workers", "1"], env=env, start_new_session=True,
                           cwd=elsewhere)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        _wait_healthy(url)
         spec = _spec_file(tmp_path, budget={"n_trials": 3, "epochs": 2})
         submit = subprocess.run(
             [sys.executable, "-m", "tuner_service.cli", "submit", str(spec), "--wait",
@@ -121,13 +127,7 @@ def test_sigterm_to_tuner_up_alone_stops_its_workers_too(settings: Settings) -> 
                            str(port), "--workers", "1"], env=settings_env(settings),
                           start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        _wait_healthy(f"http://127.0.0.1:{port}")
         assert subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True,
                               text=True).stdout.count("\n") >= 2  # tuner up and a worker
     finally:
