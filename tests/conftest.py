@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from tests.servers import PostgresServer, RedisServer, free_port
 from tuner_service.app import create_app
-from tuner_service.config import Settings
+from tuner_service.config import LOOPBACK_HOSTS, Settings
 from tuner_service.db.migrate import upgrade
 from tuner_service.embedded import stop_workers, worker_command
 from tuner_service.runtime import Runtime, build_runtime
@@ -60,7 +60,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def make_settings(backend: str, home: Path, request: pytest.FixtureRequest,
                   **overrides: Any) -> Settings:
     """Isolated settings: a new SQLite file or PostgreSQL database, and a queue of its own."""
-    values: dict[str, Any] = {"home": home, "queue_name": f"tuner.test.{uuid.uuid4().hex[:8]}"}
+    values: dict[str, Any] = {"home": home, "queue_name": f"tuner.test.{uuid.uuid4().hex[:8]}",
+                              # Starlette's TestClient sends "Host: testserver".
+                              "allowed_hosts": [*LOOPBACK_HOSTS, "testserver"]}
     if backend == "postgresql":
         postgres: PostgresServer = request.getfixturevalue("postgres_server")
         redis: RedisServer = request.getfixturevalue("redis_server")
@@ -73,7 +75,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes another process build the same Settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
     for name, value in settings.model_dump().items():
-        if value is not None:
+        if isinstance(value, list):
+            env[f"TUNER_{name.upper()}"] = ",".join(value)
+        elif value is not None:
             env[f"TUNER_{name.upper()}"] = str(value)
     return env
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ByteSize, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -35,6 +38,22 @@ class Settings(BaseSettings):
     max_epochs: int = 1000
     max_batch_size: int = 65536
     max_request_bytes: int = 1_000_000
+    max_model_params: int = Field(
+        default=100_000_000,
+        description="Largest model (parameter count) a job may train; checked at submit.",
+    )
+    max_training_memory: ByteSize = Field(
+        default=ByteSize(4 * 2**30),
+        description="Largest estimated training memory of one trial (weights, gradients, "
+        "Adam's two moments, activations of one batch); checked at submit. E.g. 4GiB.",
+    )
+
+    # HTTP hardening.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=list(LOOPBACK_HOSTS),
+        description="Host names the API answers to (comma-separated; '*' for any). Guards a "
+        "loopback API against DNS rebinding; add the names clients use in production.",
+    )
 
     # Worker behaviour.
     trials_per_worker_child: int = Field(
@@ -48,9 +67,21 @@ class Settings(BaseSettings):
         default=300,
         description="A running trial whose worker has not reported for this long is lost.",
     )
+    worker_max_memory_per_child: ByteSize = Field(
+        default=ByteSize(6 * 2**30),
+        description="A worker child whose memory grew past this after a trial is replaced, "
+        "so one huge trial cannot pin gigabytes for the trials after it.",
+    )
     filesystem_poll_s: float = 0.05
     db_pool_size: int = 2
     db_max_overflow: int = 3
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
 
     @property
     def resolved_database_url(self) -> str:
