@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -13,8 +14,8 @@ from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import JobCreate
-from tuner_service.studies import TrialRecord, study_name_for
-from tuner_service.trials import fail_lost_trials
+from tuner_service.studies import StudySummary, TrialRecord, study_name_for
+from tuner_service.trials import close_study
 
 log = logging.getLogger(__name__)
 # Undispatched slots younger than this may still be on their way from submit_job.
@@ -85,7 +86,49 @@ def cancel_job(rt: Runtime, job_id: str) -> None:
                 return
             raise JobConflict(f"job {job_id} has already {job.status}")
         lost = repo.cancel_open_slots(session, job_id=job_id)
-    fail_lost_trials(rt, job.study_name, lost)
+    close_study(rt, job.study_name, lost)
+
+
+@dataclass(frozen=True)
+class JobOverview:
+    """A job with its slot states and its study's counts and best trial: what a status or a
+    list row shows, read without loading the study."""
+
+    job: JobModel
+    spec: JobCreate
+    slots: dict[str, int]
+    study: StudySummary
+
+    @property
+    def fingerprint(self) -> tuple[object, ...]:
+        """Changes whenever anything a report shows may have changed."""
+        job = self.job
+        return (job.status, job.error, job.started_at, job.finished_at,
+                tuple(sorted(self.slots.items())), self.study.fingerprint)
+
+
+def job_overview(rt: Runtime, job_id: str) -> JobOverview:
+    """One job's overview; NotFound when there is no such job."""
+    with session_scope(rt.sessions) as session:
+        job = repo.find_job_or_raise(session, job_id)
+    return _overviews(rt, [job])[0]
+
+
+def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOverview], int]:
+    """A page of job overviews, newest first, and the number of jobs."""
+    with session_scope(rt.sessions) as session:
+        page, total = repo.list_jobs(session, offset=offset, limit=limit)
+    return _overviews(rt, page), total
+
+
+def _overviews(rt: Runtime, page: list[JobModel]) -> list[JobOverview]:
+    """Slot states and study summaries of a whole page in a handful of queries."""
+    with session_scope(rt.sessions) as session:
+        slots = repo.slot_states_of(session, [job.id for job in page])
+    specs = {job.study_name: JobCreate.model_validate(job.spec) for job in page}
+    studies = rt.studies.summaries(specs)
+    return [JobOverview(job, specs[job.study_name], slots.get(job.id, {}),
+                        studies[job.study_name]) for job in page]
 
 
 def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict[str, int]]:
@@ -95,12 +138,6 @@ def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict
         slots = repo.slot_states(session, job_id)
     records = rt.studies.records(job.study_name, JobCreate.model_validate(job.spec))
     return job, records, slots
-
-
-def list_jobs(rt: Runtime, offset: int, limit: int) -> tuple[list[JobModel], int]:
-    """A page of jobs, newest first."""
-    with session_scope(rt.sessions) as session:
-        return repo.list_jobs(session, offset=offset, limit=limit)
 
 
 def recover_lost_work(rt: Runtime) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuner_service.config import Settings
 from tuner_service.db.session import engine_kwargs, make_engine, make_session_factory
 from tuner_service.queue import TaskQueue
+from tuner_service.render_cache import RenderCache
 from tuner_service.studies import StudyStore
 
 
@@ -22,6 +23,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     studies: StudyStore
     queue: TaskQueue = field(repr=False)
+    reports: RenderCache = field(default_factory=RenderCache, repr=False)
 
     def close(self) -> None:
         """Release connections (pools, broker)."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tuner_service.search_space import SearchSpace
 
@@ -15,7 +16,22 @@ TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cance
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a job spec means what it says. JSON true is no n_trials, "0.01" no learning
+    # rate, 2.0 no count of trials: each is refused, naming its field (ints still pass as
+    # floats).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _printable(text: str) -> str:
+    """Refuse control characters and lone surrogates: a name is shown in pages and logs, and
+    PostgreSQL cannot store a NUL or a surrogate at all."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found U+{ord(bad):04X})")
+    return text
+
+
+JobName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
 
 
 class LogisticRegressionSpec(_Strict):
@@ -110,7 +126,7 @@ class PartialAdamConfig(_Strict):
 class JobCreate(_Strict):
     """A tuning job: which model on which data, what to search, and how much to spend."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: JobName | None = None
     model: ModelSpec
     dataset: DatasetSpec
     search_space: SearchSpace = SearchSpace()

@@ -24,7 +24,7 @@ DECAY_SWITCH = "decay_enabled"
 class ParamRange(BaseModel):
     """A searched interval; ``log`` samples it on a log scale (1 - beta for the betas)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     low: float
     high: float
@@ -85,7 +85,7 @@ def _check_domain(name: str, param: float | ParamRange) -> None:
 class SearchSpace(BaseModel):
     """Per Adam number: a fixed value or a range. Omitted numbers use the default range."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     learning_rate: Param = ParamRange(low=1e-5, high=1e-1, log=True)
     beta_1: Param = ParamRange(low=0.5, high=0.999, log=True)

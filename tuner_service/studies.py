@@ -30,6 +30,7 @@ from tuner_service.search_space import (
     suggest_config,
     to_optuna_params,
 )
+from tuner_service.study_tables import study_rows
 
 READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
@@ -81,6 +82,24 @@ class AskedTrial:
 
     number: int
     config: AdamConfig
+
+
+@dataclass(frozen=True)
+class BestConfig:
+    """A study's best complete trial."""
+
+    number: int
+    value: float
+    config: AdamConfig
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study's trial counts by state and best trial, read without loading the study."""
+
+    counts: dict[str, int]
+    best: BestConfig | None
+    fingerprint: tuple[Any, ...]
 
 
 def study_name_for(job_id: str) -> str:
@@ -231,6 +250,38 @@ class StudyStore:
         kept = {k: v for k, v in trial.user_attrs.items() if k == BASELINE_ATTR}
         study.enqueue_trial(trial.params, user_attrs=kept)
 
+    def summaries(self, specs: dict[str, JobCreate]) -> dict[str, StudySummary]:
+        """Counts and best trial of each study named in ``specs``, in a few SQL statements
+        for all of them (list and status pages must not replay whole studies)."""
+        rows = study_rows(self.storage.engine, list(specs))
+        summaries = {}
+        for name, spec in specs.items():
+            row = rows.get(name)
+            if row is None:
+                summaries[name] = StudySummary({}, None, ())
+                continue
+            best = None
+            if row.best is not None:
+                config = _config_or_none(row.best.params, spec)
+                if config is not None:
+                    best = BestConfig(row.best.number, row.best.value, config)
+            summaries[name] = StudySummary(row.counts, best, row.fingerprint)
+        return summaries
+
+    def fail_waiting(self, study_name: str, reason: str) -> int:
+        """Fail the enqueued trials nobody will run now that the job has ended."""
+        study = self._reader(study_name)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        study_id = self.storage.get_study_id_from_name(study_name)
+        for trial in waiting:
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            # A worker may take it meanwhile: then it is running (and pruned at its first
+            # epoch, since the job has ended) or already finished, and is left alone.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        return len(waiting)
+
     def records(self, study_name: str, spec: JobCreate) -> list[TrialRecord]:
         """Every trial of a study as plain records, by number."""
         return [_record(t, spec) for t in self._reader(study_name).get_trials(deepcopy=False)]
@@ -259,14 +310,20 @@ class StudyStore:
         return self._studies[study_name]
 
 
+def _config_or_none(params: dict[str, Any], spec: JobCreate) -> AdamConfig | None:
+    """The Adam numbers of a trial's Optuna params plus the spec's fixed numbers; None while
+    some searched number has not been sampled yet (an enqueued partial configuration)."""
+    try:
+        return config_from_params(params, spec.search_space)
+    except KeyError:
+        return None
+
+
 def _record(trial: FrozenTrial, spec: JobCreate) -> TrialRecord:
-    params = trial.params or trial.system_attrs.get("fixed_params")
-    config = None
-    if params is not None:
-        try:
-            config = config_from_params(dict(params), spec.search_space)
-        except KeyError:
-            config = None  # an enqueued partial config whose other numbers are not sampled yet
+    # A job with every number fixed samples nothing: its params are empty, and its
+    # configuration comes from the spec alone.
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    config = _config_or_none(dict(params), spec)
     value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
     steps = sorted(trial.intermediate_values.items())
     return TrialRecord(

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 LOST = "lost"  # report_epoch's answer when another delivery has taken the slot over
 INTERRUPTED = "interrupted (worker lost or infrastructure error); retried"
 BUDGET_SPENT = "budget.max_trial_epochs spent"
+NEVER_RUN = "never run: the job ended first"
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,20 @@ def _close_unstarted(rt: Runtime, job_id: str, study_name: str) -> None:
     """Queued slots of a finished job will not run; trials lost workers left are failed."""
     with session_scope(rt.sessions) as session:
         lost = repo.cancel_open_slots(session, job_id=job_id)
-    fail_lost_trials(rt, study_name, lost)
+    close_study(rt, study_name, lost)
 
 
 def fail_lost_trials(rt: Runtime, study_name: str, numbers: list[int]) -> None:
     """Fail trials whose worker was lost and whose slot will not run again."""
     for number in numbers:
         rt.studies.tell(study_name, number, "fail", None, reason="worker lost")
+
+
+def close_study(rt: Runtime, study_name: str, lost: list[int]) -> None:
+    """The job has ended: fail the trials lost workers left and the enqueued ones nobody will
+    run (the paper defaults of a job cancelled early), so an ended job has none waiting."""
+    fail_lost_trials(rt, study_name, lost)
+    rt.studies.fail_waiting(study_name, NEVER_RUN)
 
 
 def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> tuple[Claim, int | None] | None:
@@ -297,14 +305,15 @@ def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
     # Every slot has ended, so no worker runs these: each worker died between asking for its
     # trial and recording it.
     fail_lost_trials(rt, study_name, [r.number for r in records if r.state == "running"])
-    if status in TERMINAL_JOB_STATUSES:
-        return
-    if any(r.state == "complete" for r in records):
-        _set_final_status(rt, job_id, "succeeded", None)
-        return
-    reasons = sorted({r.fail_reason for r in records if r.fail_reason})
-    _set_final_status(rt, job_id, "failed", "no trial completed" + (
-        ": " + "; ".join(reasons[:3]) if reasons else ""))
+    if status not in TERMINAL_JOB_STATUSES:
+        if any(r.state == "complete" for r in records):
+            _set_final_status(rt, job_id, "succeeded", None)
+        else:
+            reasons = sorted({r.fail_reason for r in records if r.fail_reason})
+            _set_final_status(rt, job_id, "failed", "no trial completed" + (
+                ": " + "; ".join(reasons[:3]) if reasons else ""))
+    if any(r.state == "waiting" for r in records):
+        rt.studies.fail_waiting(study_name, NEVER_RUN)
 
 
 def _set_final_status(rt: Runtime, job_id: str, status: str, error: str | None) -> None:
@@ -324,7 +333,7 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     with session_scope(rt.sessions) as session:
         lost = repo.cancel_open_slots(session, job_id=job_id)
         study_name = repo.find_job_or_raise(session, job_id).study_name
-    fail_lost_trials(rt, study_name, lost)
+    close_study(rt, study_name, lost)
 
 
 @contextmanager

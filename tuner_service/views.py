@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from tuner_service.db.models import JobModel
+from tuner_service.adam import AdamConfig
 from tuner_service.db.repository import TERMINAL_SLOT_STATES
+from tuner_service.jobs import JobOverview
 from tuner_service.schemas import (
     AdamParams,
     BestTrial,
-    JobCreate,
     JobPublic,
     TrialCounts,
     TrialPublic,
@@ -34,22 +34,26 @@ def trial_counts(records: Sequence[TrialRecord]) -> TrialCounts:
 
 
 def best_trial(records: Sequence[TrialRecord], minimize: bool) -> BestTrial | None:
-    """The best complete trial, the lowest number winning ties."""
-    complete = [r for r in records if r.state == "complete" and r.value is not None]
+    """The best complete trial, the lowest number winning ties (as ``study_tables``)."""
+    complete = [r for r in records
+                if r.state == "complete" and r.value is not None and r.config is not None]
     if not complete:
         return None
     sign = 1.0 if minimize else -1.0
     best = min(complete, key=lambda r: (sign * (r.value or 0.0), r.number))
-    assert best.value is not None and best.config is not None
-    return BestTrial(
-        trial_number=best.number, value=best.value, params=AdamParams(**best.config.as_dict())
-    )
+    return _best(best.number, best.value or 0.0, best.config)
 
 
-def job_public(job: JobModel, records: Sequence[TrialRecord], slots: dict[str, int]
-               ) -> JobPublic:
+def _best(number: int, value: float, config: AdamConfig | None) -> BestTrial | None:
+    if config is None:
+        return None
+    return BestTrial(trial_number=number, value=value, params=AdamParams(**config.as_dict()))
+
+
+def job_public(overview: JobOverview) -> JobPublic:
     """A job with its progress and best trial so far."""
-    spec = JobCreate.model_validate(job.spec)
+    job, study = overview.job, overview.study
+    best = study.best
     return JobPublic(
         id=job.id,
         name=job.name,
@@ -59,10 +63,11 @@ def job_public(job: JobModel, records: Sequence[TrialRecord], slots: dict[str, i
         started_at=aware(job.started_at),
         finished_at=aware(job.finished_at),
         n_trials=job.n_trials,
-        trials_ended=sum(n for state, n in slots.items() if state in TERMINAL_SLOT_STATES),
-        trial_counts=trial_counts(records),
-        best=best_trial(records, spec.objective.minimize),
-        spec=spec,
+        trials_ended=sum(n for state, n in overview.slots.items()
+                         if state in TERMINAL_SLOT_STATES),
+        trial_counts=TrialCounts(**study.counts),
+        best=_best(best.number, best.value, best.config) if best else None,
+        spec=overview.spec,
     )
 
 

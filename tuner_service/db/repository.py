@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 
 TERMINAL_SLOT_STATES = ("done", "cancelled", "failed")
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_job makes them
 
 
 class NotFound(LookupError):
@@ -25,7 +27,10 @@ def add_job(session: Session, *, job: JobModel) -> None:
 
 
 def find_job(session: Session, job_id: str) -> JobModel | None:
-    """The job with that id, or None."""
+    """The job with that id, or None (also for strings that cannot be an id: a NUL byte in
+    a URL would otherwise reach PostgreSQL, which refuses it with an error)."""
+    if not JOB_ID.fullmatch(job_id):
+        return None
     return session.scalars(select(JobModel).where(JobModel.id == job_id)).one_or_none()
 
 
@@ -61,12 +66,22 @@ def find_slot(session: Session, job_id: str, slot: int) -> TrialSlotModel | None
 
 def slot_states(session: Session, job_id: str) -> dict[str, int]:
     """How many of a job's slots are in each state."""
+    return slot_states_of(session, [job_id]).get(job_id, {})
+
+
+def slot_states_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """How many slots of each job are in each state, for many jobs in one query."""
+    if not job_ids:
+        return {}
     rows = session.execute(
-        select(TrialSlotModel.state, func.count())
-        .where(TrialSlotModel.job_id == job_id)
-        .group_by(TrialSlotModel.state)
+        select(TrialSlotModel.job_id, TrialSlotModel.state, func.count())
+        .where(TrialSlotModel.job_id.in_(job_ids))
+        .group_by(TrialSlotModel.job_id, TrialSlotModel.state)
     )
-    return {state: count for state, count in rows}
+    states: dict[str, dict[str, int]] = {}
+    for job_id, state, count in rows:
+        states.setdefault(job_id, {})[state] = count
+    return states
 
 
 def mark_dispatched(session: Session, *, job_id: str, slots: list[int]) -> None:

@@ -12,7 +12,8 @@ import jinja2
 from tuner_service import __version__
 from tuner_service.report_schema import ParamSummary, ReportPublic
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobPublic
-from tuner_service.web.plots import Plot, plotly_js
+from tuner_service.web.assets import page_scripts
+from tuner_service.web.plots import Plot
 
 # While something runs the pages reload themselves: no JavaScript framework, no websocket.
 REFRESH_S = 10
@@ -32,11 +33,14 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_report(report: ReportPublic, job: JobPublic, plots: Sequence[Plot]) -> str:
-    """The report page: one self-contained HTML document (plotly.js inlined)."""
+def render_report(report: ReportPublic, job: JobPublic, plots: Sequence[Plot], *,
+                  standalone: bool = False, csp_nonce: str | None = None) -> str:
+    """The report page; ``standalone`` carries its scripts inline (a file that works offline),
+    allowed by ``csp_nonce`` when a server sends it under a Content-Security-Policy."""
     return _environment().get_template("report.html").render(
-        report=report, job=job, plots=plots, plots_drawn=any(p.html for p in plots),
-        plotly_js=plotly_js(), refresh_s=REFRESH_S if report.partial else None,
+        report=report, job=job, plots=plots, plots_drawn=any(p.figure_json for p in plots),
+        scripts=page_scripts(with_plotly=True, standalone=standalone), csp_nonce=csp_nonce,
+        refresh_s=REFRESH_S if report.partial and not standalone else None,
     )
 
 
@@ -44,7 +48,8 @@ def render_jobs(jobs: Sequence[JobPublic], total: int, offset: int, limit: int) 
     """The jobs list: status, progress and best value, each linking to its report."""
     running = any(job.status not in TERMINAL_JOB_STATUSES for job in jobs)
     return _environment().get_template("jobs.html").render(
-        jobs=jobs, total=total, offset=offset, limit=limit, plotly_js=None,
+        jobs=jobs, total=total, offset=offset, limit=limit, csp_nonce=None,
+        scripts=page_scripts(with_plotly=False, standalone=False),
         refresh_s=REFRESH_S if running else None,
     )
 

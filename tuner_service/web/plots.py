@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,20 +34,26 @@ _HEIGHT = 420
 
 @dataclass(frozen=True)
 class Plot:
-    """One figure of the report: its HTML fragment, or why it is not drawn yet."""
+    """One figure of the report: its plotly JSON (drawn by report.js), or why it is not drawn
+    yet. Data, not script: the page runs no inline JavaScript, so a strict CSP holds."""
 
     key: str
     title: str
     how_to_read: str
-    html: str | None
+    figure_json: str | None
     note: str | None = None
     wide: bool = False
 
 
 @functools.cache
 def plotly_js() -> str:
-    """plotly.js itself, inlined so the page works offline and as a saved file."""
+    """plotly.js itself (served once as a cacheable asset, or inlined in a standalone page)."""
     return str(plotly.offline.get_plotlyjs())
+
+
+def plotly_version() -> str:
+    """The plotly.js version, which names its asset so that browsers may cache it forever."""
+    return str(plotly.offline.get_plotlyjs_version())
 
 
 def report_plots(report: ReportPublic, records: Sequence[TrialRecord], spec: JobCreate
@@ -160,9 +167,11 @@ def _plot(key: str, title: str, how_to_read: str, draw: Callable[[], go.Figure],
     figure.update_layout(title=None, height=_HEIGHT, width=None, autosize=True,
                          template="plotly_white",
                          margin={"l": 60, "r": 20, "t": 30, "b": 50})
-    html = plotly.io.to_html(figure, full_html=False, include_plotlyjs=False,
-                             div_id=f"plot-{key}", config=_PLOT_CONFIG)
-    return Plot(key, title, how_to_read, html, wide=wide)
+    payload = json.loads(plotly.io.to_json(figure, validate=False))
+    payload["config"] = _PLOT_CONFIG
+    # Inside <script type="application/json">, "</" could close the element early.
+    figure_json = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    return Plot(key, title, how_to_read, figure_json, wide=wide)
 
 
 @contextlib.contextmanager

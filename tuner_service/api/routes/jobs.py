@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
+from tuner_service.api.responses import rendered_response
 from tuner_service.report_schema import ReportPublic
 from tuner_service.reports import DEFAULT_TOP_K, build_report
 from tuner_service.runtime import Runtime
@@ -38,10 +39,12 @@ def submit_job(spec: JobCreate, rt: RuntimeDep) -> JobPublic:
     if problems:
         raise RequestValidationError(as_validation_errors(problems))
     job = jobs.submit_job(rt, spec)
-    return job_public(job, *jobs.get_job(rt, job.id)[1:])
+    return job_public(jobs.job_overview(rt, job.id))
 
 
-Offset = Annotated[int, Query(ge=0)]
+# Bounded so that no offset overflows a database integer (2**63 did, as a 500).
+MAX_OFFSET = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
@@ -53,14 +56,14 @@ def list_jobs(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> JobsPubl
 
 def jobs_public(rt: Runtime, offset: int, limit: int) -> JobsPublic:
     """A page of jobs, newest first, with their progress (the JSON list and the HTML page)."""
-    page, total = jobs.list_jobs(rt, offset, limit)
-    return JobsPublic(items=[job_public(*jobs.get_job(rt, job.id)) for job in page], total=total)
+    page, total = jobs.job_overviews(rt, offset, limit)
+    return JobsPublic(items=[job_public(overview) for overview in page], total=total)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: str, rt: RuntimeDep) -> JobPublic:
     """A job's status, trial counts and best trial so far."""
-    return job_public(*jobs.get_job(rt, job_id))
+    return job_public(jobs.job_overview(rt, job_id))
 
 
 @router.get("/{job_id}/trials", response_model=TrialsPublic, responses=NOT_FOUND)
@@ -68,7 +71,7 @@ def list_trials(
     job_id: str,
     rt: RuntimeDep,
     state: TrialState | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> TrialsPublic:
     """A job's trials by number, optionally only those in one state."""
@@ -84,15 +87,22 @@ def list_trials(
 def cancel_job(job_id: str, rt: RuntimeDep) -> JobPublic:
     """Stop a job: no new trials start; running ones are pruned at their next epoch."""
     jobs.cancel_job(rt, job_id)
-    return job_public(*jobs.get_job(rt, job_id))
+    return job_public(jobs.job_overview(rt, job_id))
 
 
 @router.get("/{job_id}/report", response_model=ReportPublic, responses=NOT_FOUND)
 def get_report(
     job_id: str,
     rt: RuntimeDep,
+    request: Request,
     top_k: TopK = DEFAULT_TOP_K,
-) -> ReportPublic:
+) -> Response:
     """The best-config report: the winner against the paper defaults, and how far to trust it."""
-    job, records, _ = jobs.get_job(rt, job_id)
-    return build_report(job, records, top_k=top_k)
+    overview = jobs.job_overview(rt, job_id)
+
+    def render() -> bytes:
+        job, records, _ = jobs.get_job(rt, job_id)
+        return build_report(job, records, top_k=top_k).model_dump_json().encode("utf-8")
+
+    rendered = rt.reports.get_or_render(("json", job_id, top_k), overview.fingerprint, render)
+    return rendered_response(request, rendered, "application/json")

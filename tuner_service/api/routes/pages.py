@@ -1,20 +1,28 @@
-"""HTML pages: the jobs list at ``/`` and each job's report page."""
+"""HTML pages: the jobs list at ``/``, each job's report page, and the pages' scripts."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
+from tuner_service.api.responses import rendered_response
 from tuner_service.api.routes.jobs import NOT_FOUND, Limit, Offset, TopK, jobs_public
 from tuner_service.reports import DEFAULT_TOP_K, build_report
-from tuner_service.schemas import JobCreate
+from tuner_service.runtime import Runtime
 from tuner_service.views import job_public
+from tuner_service.web.assets import find_asset
 from tuner_service.web.pages import render_jobs, render_report
 from tuner_service.web.plots import report_plots
 
 router = APIRouter(tags=["pages"])
+# Asset names carry their version or content hash: a browser may keep them for good.
+IMMUTABLE = "public, max-age=31536000, immutable"
+Standalone = Annotated[bool, Query(
+    description="Carry the scripts inline: one file that works offline (tuner report --html)")]
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -25,9 +33,32 @@ def jobs_page(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> HTMLResp
 
 
 @router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
-def report_page(job_id: str, rt: RuntimeDep, top_k: TopK = DEFAULT_TOP_K) -> HTMLResponse:
-    """The best-config report as one self-contained page (plots work offline)."""
-    job, records, slots = jobs.get_job(rt, job_id)
+def report_page(job_id: str, rt: RuntimeDep, request: Request, top_k: TopK = DEFAULT_TOP_K,
+                standalone: Standalone = False) -> Response:
+    """The best-config report as a page; rebuilt only when the job has changed."""
+    overview = jobs.job_overview(rt, job_id)
+    if standalone:
+        nonce = getattr(request.state, "csp_nonce", None)
+        return HTMLResponse(_report_html(rt, overview, top_k, standalone=True, nonce=nonce))
+    rendered = rt.reports.get_or_render(
+        ("html", job_id, top_k), overview.fingerprint,
+        lambda: _report_html(rt, overview, top_k).encode("utf-8"))
+    return rendered_response(request, rendered, "text/html; charset=utf-8")
+
+
+def _report_html(rt: Runtime, overview: jobs.JobOverview, top_k: int, *,
+                 standalone: bool = False, nonce: str | None = None) -> str:
+    job, records, _ = jobs.get_job(rt, overview.job.id)
     report = build_report(job, records, top_k=top_k)
-    plots = report_plots(report, records, JobCreate.model_validate(job.spec))
-    return HTMLResponse(render_report(report, job_public(job, records, slots), plots))
+    plots = report_plots(report, records, overview.spec)
+    return render_report(report, job_public(overview), plots, standalone=standalone,
+                         csp_nonce=nonce)
+
+
+@router.get("/assets/{name}", include_in_schema=False)
+def asset(name: str, request: Request) -> Response:
+    """plotly.js and the pages' script."""
+    found = find_asset(name)
+    if found is None:
+        return JSONResponse(status_code=404, content={"detail": f"no asset {name!r}"})
+    return rendered_response(request, found.rendered, found.media_type, IMMUTABLE)

@@ -1,0 +1,58 @@
+"""Rendered reports, kept while their job's study is unchanged.
+
+A report (JSON or HTML page with plots) costs up to a second of CPU to build, and a running
+job's page reloads every few seconds in every open tab. Each entry is keyed by what it shows
+and stamped with a fingerprint of the job (status, slot states, and the study's counts, newest
+epoch and latest finish): the same fingerprint means the same report, so it is served as is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+DEFAULT_ENTRIES = 128
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered body, gzipped once, and its entity tag."""
+
+    body: bytes
+    gzipped: bytes
+    etag: str
+
+
+class RenderCache:
+    """A bounded, thread-safe map from key to the latest rendering and its fingerprint."""
+
+    def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
+        self._entries = entries
+        self._items: OrderedDict[Hashable, tuple[Hashable, Rendered]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_render(self, key: Hashable, fingerprint: Hashable,
+                      render: Callable[[], bytes]) -> Rendered:
+        """The cached rendering when ``fingerprint`` still matches, else a fresh one.
+
+        Two requests that miss at once both render; the later one's result is kept. Cheaper
+        than holding a lock across a render that takes a second.
+        """
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] == fingerprint:
+                self._items.move_to_end(key)
+                return hit[1]
+        body = render()
+        tag = hashlib.sha256(repr((key, fingerprint)).encode() + body).hexdigest()[:20]
+        rendered = Rendered(body, gzip.compress(body, compresslevel=6, mtime=0), f'"{tag}"')
+        with self._lock:
+            self._items[key] = (fingerprint, rendered)
+            self._items.move_to_end(key)
+            while len(self._items) > self._entries:
+                self._items.popitem(last=False)
+        return rendered
