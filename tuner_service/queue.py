@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from celery import Celery
 
 from tuner_service.config import Settings
 
+log = logging.getLogger(__name__)
 RUN_TRIAL_TASK = "tuner.run_trial"
 # Redis hands an unacknowledged task to another worker after this long: keep it above the
 # hard time limit, or a slow trial would run twice.
@@ -31,6 +34,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.trial_time_limit_s,
         "task_soft_time_limit": max(1, settings.trial_time_limit_s - 60),
         "worker_max_tasks_per_child": settings.trials_per_worker_child,
+        # TensorFlow keeps the memory of a big trial after it ends, so a child that once grew
+        # past this is replaced once its trial ends, instead of pinning it for the next
+        # hundred. Celery wants KiB and checks only in the prefork pool (ours): after each task,
+        # the child's peak resident size on Linux. It never stops a trial midway: the submit
+        # check (model_size.py) keeps a single trial small enough.
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child // 1024,
         "worker_hijack_root_logger": False,
         # A pool child imports TensorFlow before it reports ready (worker_process_init), which
         # takes several seconds, more with CUDA: the default 4 s would kill it over and over.
@@ -75,11 +84,26 @@ class TaskQueue:
 
     def __init__(self, settings: Settings) -> None:
         self._celery = make_celery(settings)
+        self._folder = (settings.broker_folder / "queue"
+                        if settings.uses_embedded_broker else None)
 
     def send_trial(self, job_id: str, slot: int) -> str:
         """Enqueue one trial slot of a job; returns the Celery task id."""
         result = self._celery.send_task(RUN_TRIAL_TASK, args=[job_id, slot])
         return str(result.id)
+
+    def broker_ready(self, timeout_s: float = 2.0) -> bool:
+        """True when a task sent now would reach the broker (for the readiness probe)."""
+        if self._folder is not None:
+            return os.access(self._folder, os.W_OK)
+        try:
+            with self._celery.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                             timeout=timeout_s)
+        except Exception:  # any failure means "not ready"; the probe says no more than that
+            log.warning("broker not reachable", exc_info=True)
+            return False
+        return True
 
     def close(self) -> None:
         """Release broker connections."""

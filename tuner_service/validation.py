@@ -6,6 +6,7 @@ from typing import Any
 
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES
 from tuner_service.config import Settings
+from tuner_service.model_size import TrainingMemory, estimate_training_memory, format_bytes
 from tuner_service.schemas import JobCreate
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -29,7 +30,31 @@ def spec_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
             if value is not None and not spec.search_space.contains_value(name, value):
                 problems.append((("enqueue", index, name),
                                  f"{value} lies outside the search space of {name}"))
+    return problems + _size_problems(spec, settings)
+
+
+def _size_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
+    # Refused here rather than found out by a worker child that swaps, is killed by the kernel
+    # or, worse, survives holding gigabytes for the trials after it.
+    memory = estimate_training_memory(spec)
+    problems: list[Problem] = []
+    if memory.params > settings.max_model_params:
+        problems.append((("model",), f"{memory.params:,} parameters exceed the limit of "
+                         f"{settings.max_model_params:,} on this server "
+                         "(TUNER_MAX_MODEL_PARAMS); use fewer or smaller layers"))
+    if memory.total_bytes > settings.max_training_memory:
+        problems.append((("budget", "batch_size"), _memory_message(spec, memory, settings)))
     return problems
+
+
+def _memory_message(spec: JobCreate, memory: TrainingMemory, settings: Settings) -> str:
+    whole = " (the whole data set)" if memory.batch_size < spec.budget.batch_size else ""
+    return (f"one trial needs about {format_bytes(memory.total_bytes)} to train "
+            f"({format_bytes(memory.weights_bytes)} for the weights, their gradients and "
+            f"Adam's moments, {format_bytes(memory.batch_bytes)} for a batch of "
+            f"{memory.batch_size:,} examples{whole}), over the limit of "
+            f"{format_bytes(settings.max_training_memory)} on this server "
+            "(TUNER_MAX_TRAINING_MEMORY); lower batch_size or use a smaller model")
 
 
 def as_validation_errors(problems: list[Problem]) -> list[dict[str, Any]]:
