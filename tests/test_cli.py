@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import http_server, settings_env
 from tests.servers import free_port
-from tuner_service.cli import EXAMPLE_SPEC, app
-from tuner_service.config import Settings
+from tuner_service.cli import EXAMPLE_SPEC, app, host_hint, load_yaml
+from tuner_service.client import TunerClient
+from tuner_service.config import LOOPBACK_HOSTS, Settings
+from tuner_service.embedded import WORKER_LOG_MAX_BYTES, open_worker_log
 
 runner = CliRunner()
 
@@ -101,7 +103,8 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
     elsewhere.mkdir()
     up = subprocess.Popen([sys.executable, "-m", "tuner_service.cli", "up", "--port",
                            str(port), "--workers", "1"], env=env, start_new_session=True,
-                          cwd=elsewhere)
+                          cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
     try:
         _wait_healthy(url)
         spec = _spec_file(tmp_path, budget={"n_trials": 3, "epochs": 2})
@@ -113,10 +116,16 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
         assert "improvement over the paper defaults" in submit.stdout
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert up.wait(timeout=60) is not None
+        terminal, _ = up.communicate(timeout=60)
     leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "worker processes outlived tuner up"
     assert list(elsewhere.iterdir()) == []
+    # The workers' output (Celery, TensorFlow) is in the log; the terminal names the log.
+    log = (settings.home / "workers.log").resolve()
+    assert "worker child ready; GPUs:" in log.read_text()
+    assert "tuner.run_trial" in log.read_text()  # Celery's INFO lines of each task
+    assert f"worker logs: {log}" in terminal
+    assert "worker child ready" not in terminal and "celery" not in terminal.lower()
 
 
 @pytest.mark.slow
@@ -135,3 +144,98 @@ def test_sigterm_to_tuner_up_alone_stops_its_workers_too(settings: Settings) -> 
         assert up.wait(timeout=90) is not None
     leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "worker processes outlived tuner up"
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1e-5", 1e-5), ("1E+3", 1e3), (".5", 0.5), ("-2e-3", -2e-3), ("-.5", -0.5),
+    ("+1.5e2", 150.0), ("1.0e-5", 1e-5), ("3.", 3.0),
+])
+def test_spec_files_read_yaml_1_2_floats_as_numbers(text: str, value: float) -> None:
+    loaded = load_yaml(f"x: {text}")["x"]
+    assert isinstance(loaded, float) and loaded == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", [
+    "12", "-3", "1_000", "0x1F", "1.5", ".inf", "true", "null", "'1e-5'", "1e", "e5", "1.2.3",
+    "2024-01-02", "1:30",
+])
+def test_the_yaml_loader_reads_everything_else_as_pyyaml_does(text: str) -> None:
+    loaded, expected = load_yaml(f"x: {text}")["x"], yaml.safe_load(f"x: {text}")["x"]
+    assert loaded == expected and type(loaded) is type(expected)
+
+
+def test_the_yaml_loader_leaves_pyyaml_itself_alone() -> None:
+    assert load_yaml("x: 1e-5") == {"x": 1e-5}
+    assert yaml.safe_load("x: 1e-5") == {"x": "1e-5"}
+
+
+def _recording_client(seen: list[httpx.Request]) -> TunerClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith(".html"):
+            return httpx.Response(200, text="<html></html>")
+        return httpx.Response(200, json={"id": "j1", "status": "cancelled"})
+
+    return TunerClient("http://tuner", transport=httpx.MockTransport(answer))
+
+
+def test_the_saved_report_page_asks_for_the_standalone_page() -> None:
+    seen: list[httpx.Request] = []
+    with _recording_client(seen) as client:
+        assert client.report_html("j1") == "<html></html>"
+    assert seen[0].url.path == "/v1/jobs/j1/report.html"
+    assert seen[0].url.params["standalone"] == "true"
+
+
+def test_cancel_sends_no_body_and_no_content_type() -> None:
+    seen: list[httpx.Request] = []
+    with _recording_client(seen) as client:
+        assert client.cancel("j1")["status"] == "cancelled"
+    assert seen[0].method == "POST" and seen[0].content == b""
+    assert "content-type" not in seen[0].headers
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
+def test_no_host_hint_on_loopback(host: str) -> None:
+    assert host_hint(host, list(LOOPBACK_HOSTS)) is None
+
+
+def test_a_public_address_with_loopback_allowed_hosts_gets_one_hint() -> None:
+    hint = host_hint("0.0.0.0", list(LOOPBACK_HOSTS))
+    assert hint is not None and "TUNER_ALLOWED_HOSTS" in hint and "\n" not in hint
+    assert host_hint("10.1.2.3", ["localhost"]) is not None
+
+
+@pytest.mark.parametrize("allowed", [["tuner.example.com"], ["*"], [*LOOPBACK_HOSTS, "10.0.0.5"]])
+def test_no_host_hint_once_allowed_hosts_are_configured(allowed: list[str]) -> None:
+    assert host_hint("0.0.0.0", allowed) is None
+
+
+def test_tuner_api_prints_the_hint_before_serving(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    import uvicorn
+
+    import tuner_service.app
+
+    monkeypatch.setenv("TUNER_HOME", str(tmp_path))
+    monkeypatch.delenv("TUNER_ALLOWED_HOSTS", raising=False)
+    monkeypatch.setattr(tuner_service.app, "create_app", lambda settings: "the app")
+    served: list[tuple[object, str]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.append((app, host)))
+    result = runner.invoke(app, ["api", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert served == [("the app", "0.0.0.0")]
+    assert result.output.count("TUNER_ALLOWED_HOSTS") == 1
+
+
+def test_the_worker_log_is_appended_to_and_rotated_when_large(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "workers.log"
+    for _ in range(2):
+        with open_worker_log(path) as log:
+            log.write(b"a worker line\n")
+    assert path.read_text().count("--- tuner up, ") == 2
+    path.write_bytes(b"x" * (WORKER_LOG_MAX_BYTES + 1))
+    with open_worker_log(path):
+        pass
+    assert path.with_name("workers.log.1").stat().st_size == WORKER_LOG_MAX_BYTES + 1
+    assert path.read_text().startswith("--- tuner up, ")

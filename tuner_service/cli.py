@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -17,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from tuner_service.client import ApiError, TunerClient
-from tuner_service.config import Settings
+from tuner_service.config import LOOPBACK_HOSTS, Settings
 from tuner_service.schemas import TERMINAL_JOB_STATUSES
 
 app = typer.Typer(help="Find the best Adam settings for Keras models.", no_args_is_help=True)
@@ -69,7 +71,31 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     from tuner_service.app import create_app
 
-    uvicorn.run(create_app(Settings()), host=host, port=port)
+    settings = Settings()
+    _print_host_hint(host, settings)
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+def host_hint(host: str, allowed_hosts: list[str]) -> str | None:
+    """A warning when the API listens beyond loopback but answers only loopback Host names."""
+    if _is_loopback(host) or not set(allowed_hosts) <= set(LOOPBACK_HOSTS):
+        return None
+    return (f"listening on {host}, but requests are refused unless their Host is one of "
+            f"{', '.join(allowed_hosts)}: set TUNER_ALLOWED_HOSTS to the names clients use "
+            "(comma-separated, '*' for any)")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def _print_host_hint(host: str, settings: Settings) -> None:
+    hint = host_hint(host, settings.allowed_hosts)
+    if hint:
+        errors.print(f"[yellow]note:[/yellow] {hint}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -97,17 +123,28 @@ def up(
 
     from tuner_service.app import create_app
     from tuner_service.db.migrate import upgrade
-    from tuner_service.embedded import start_workers, stop_workers
+    from tuner_service.embedded import (
+        open_worker_log,
+        start_workers,
+        stop_workers,
+        worker_log_path,
+    )
 
     settings = Settings()
     upgrade(settings)
-    processes = start_workers(settings, workers, gpus.split(",") if gpus else None)
+    log_path = worker_log_path(settings)
+    with open_worker_log(log_path) as log:
+        processes = start_workers(settings, workers, gpus.split(",") if gpus else None,
+                                  output=log)
     console.print(f"tuner-service on http://{host}:{port} with {workers} worker(s); "
-                  f"data in {settings.home.resolve()}")
+                  f"data in {settings.home.resolve()}", soft_wrap=True, highlight=False)
+    console.print(f"worker logs: {log_path}", soft_wrap=True, highlight=False)
+    _print_host_hint(host, settings)
     # uvicorn shuts down on SIGTERM, then re-raises it; with the default handler that kills
     # this process before ``finally`` stops the workers (docker stop, systemd, kill).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
+        # "warning": the API's own warnings and errors stay on the terminal, access lines don't.
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
         stop_workers(processes)
@@ -140,12 +177,36 @@ def _read_spec(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise _fail(f"cannot read {path}: {error.strerror}", 2) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise _fail(f"{path} is not valid YAML/JSON: {error}", 2) from None
     if not isinstance(data, dict):
         raise _fail(f"{path} must hold a mapping (the job spec), not {type(data).__name__}", 2)
     return data
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats the YAML 1.2 way.
+
+    PyYAML follows YAML 1.1, where a float needs a dot: ``1e-5`` is the *string* "1e-5", which
+    the strict API refuses where a number goes. Spec files are written as YAML 1.2 (and as
+    JSON, whose numbers are YAML 1.2 floats), so read ``1e-5``, ``1E+3``, ``.5``, ``-.5``.
+    """
+
+
+# YAML 1.2 core schema float (without .inf/.nan, which 1.1's resolver already reads). Added
+# after 1.1's int and float resolvers, so it only changes what they left a string; the float
+# constructor already parses these forms.
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse a job spec file (YAML 1.2 floats; JSON is YAML too)."""
+    return yaml.load(text, Loader=Yaml12Loader)
 
 
 def wait_for(url: str | None, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
@@ -340,7 +401,11 @@ def demo(
         server.send_signal(signal.SIGINT)
         server.wait()
     if final["status"] != "succeeded":
-        raise _fail(f"demo job {final['status']}: {final.get('error') or ''}")
+        from tuner_service.embedded import worker_log_path
+
+        reason = f": {final['error']}" if final.get("error") else ""
+        raise _fail(f"demo job {final['status']}{reason} "
+                    f"(worker logs: {worker_log_path(Settings())})")
 
 
 EXAMPLE_SPEC = Path(__file__).parent / "examples" / "digits-logreg.yaml"

@@ -25,8 +25,10 @@ class ApiError(Exception):
 class TunerClient:
     """Talks to one tuner-service API server."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, base_url: str, timeout_s: float = 30.0, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                  transport=transport)
 
     def __enter__(self) -> TunerClient:
         return self
@@ -60,7 +62,9 @@ class TunerClient:
 
     def report_html(self, job_id: str) -> str:
         """A job's report as one self-contained HTML page (plotly.js inlined)."""
-        return self._request("GET", f"/v1/jobs/{job_id}/report.html").text
+        # The live page loads plotly.js from /static; a saved file must work offline.
+        return self._request("GET", f"/v1/jobs/{job_id}/report.html",
+                             params={"standalone": "true"}).text
 
     def report_url(self, job_id: str) -> str:
         """Where a browser shows the live report page."""
@@ -68,6 +72,7 @@ class TunerClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job."""
+        # No body, so no Content-Type: the server refuses POSTs whose content type is not JSON.
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
     def healthy(self) -> bool:
