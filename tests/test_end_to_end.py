@@ -133,3 +133,21 @@ def test_a_dead_worker_node_is_recovered_by_the_lost_work_loop(stack: WorkerStac
     assert [t["state"] for t in trials].count("complete") == 2
     assert all(t["fail_reason"].startswith("interrupted") for t in trials
                if t["state"] == "fail")
+
+
+def test_a_job_with_every_number_fixed_scores_that_configuration_end_to_end(
+    stack: WorkerStack,
+) -> None:
+    chosen = {"learning_rate": 0.02, "beta_1": 0.85, "beta_2": 0.99, "epsilon": 1e-7,
+              "decay": 1e-4}
+    job_id = stack.submit({**DIGITS, "search_space": chosen,
+                           "budget": {"n_trials": 1, "epochs": 2}})
+    job = stack.wait(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["best"]["params"] == chosen and job["trial_counts"]["complete"] == 1
+    report = stack.client.get(f"/v1/jobs/{job_id}/report").json()
+    assert report["best"]["params"] == chosen and report["baseline"] is None
+    assert "paper defaults lie outside the search space" in report["message"]
+    assert "InverseTimeDecay" in report["keras_snippet"]
+    for path in ("/", "/v1/jobs", f"/v1/jobs/{job_id}/report.html"):
+        assert stack.client.get(path).status_code == 200

@@ -1,0 +1,92 @@
+"""The aggregate reads of Optuna's tables agree with the full study, on SQLite and PostgreSQL.
+
+Lists and statuses read counts and the best trial in SQL (``study_tables``); reports and the
+trials endpoint read the whole study. Both must tell the same story.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from tests.api.test_jobs_validation import GOOD
+from tuner_service import jobs
+from tuner_service.runtime import Runtime
+from tuner_service.schemas import JobCreate
+from tuner_service.studies import BASELINE_ATTR
+from tuner_service.views import best_trial, job_public
+
+
+def _job(rt: Runtime, **changes: object) -> tuple[str, optuna.Study, JobCreate]:
+    spec = JobCreate.model_validate({**GOOD, **changes})
+    job = jobs.submit_job(rt, spec)
+    study = optuna.load_study(study_name=job.study_name, storage=rt.studies.storage)
+    return job.id, study, spec
+
+
+def _add(study: optuna.Study, state: TrialState, value: float | None, lr: float,
+         epochs: int = 3) -> None:
+    study.add_trial(create_trial(
+        state=state, value=value,
+        params={"learning_rate": lr, "one_minus_beta_1": 0.1, "one_minus_beta_2": 0.001,
+                "epsilon": 1e-8, "decay_enabled": False},
+        distributions={
+            "learning_rate": FloatDistribution(1e-5, 0.1, log=True),
+            "one_minus_beta_1": FloatDistribution(0.001, 0.5, log=True),
+            "one_minus_beta_2": FloatDistribution(0.0001, 0.1, log=True),
+            "epsilon": FloatDistribution(1e-10, 1.0, log=True),
+            "decay_enabled": optuna.distributions.CategoricalDistribution([False, True]),
+        },
+        intermediate_values={step: 1.0 for step in range(1, epochs + 1)},
+        user_attrs={BASELINE_ATTR: True} if lr == 0.001 else {},
+    ))
+
+
+@pytest.mark.parametrize("metric", ["val_loss", "val_accuracy"])
+def test_counts_and_best_match_the_full_study(runtime: Runtime, metric: str) -> None:
+    job_id, study, spec = _job(runtime, objective={"metric": metric})
+    _add(study, TrialState.COMPLETE, 0.5, 0.001)
+    _add(study, TrialState.COMPLETE, 0.2, 0.01)
+    _add(study, TrialState.COMPLETE, 0.2, 0.02)  # a tie: the lower number wins
+    _add(study, TrialState.COMPLETE, 0.9, 0.03)
+    _add(study, TrialState.PRUNED, None, 0.05, epochs=1)
+    _add(study, TrialState.FAIL, None, 0.07, epochs=0)
+
+    overview = jobs.job_overview(runtime, job_id)
+    _, records, _ = jobs.get_job(runtime, job_id)
+    public = job_public(overview)
+    expected = best_trial(records, spec.objective.minimize)
+    assert public.best == expected and expected is not None
+    assert expected.value == (0.2 if metric == "val_loss" else 0.9)
+    assert expected.trial_number == (2 if metric == "val_loss" else 4)
+    by_state = {s: sum(1 for r in records if r.state == s)
+                for s in ("complete", "pruned", "fail", "running", "waiting")}
+    assert public.trial_counts.model_dump() == by_state
+    assert by_state == {"complete": 4, "pruned": 1, "fail": 1, "running": 0, "waiting": 1}
+
+
+def test_the_fingerprint_changes_with_every_epoch_and_end(runtime: Runtime) -> None:
+    job_id, study, _ = _job(runtime)
+    seen = {jobs.job_overview(runtime, job_id).fingerprint}
+    trial = study.ask()
+    seen.add(jobs.job_overview(runtime, job_id).fingerprint)
+    trial.report(0.7, step=1)
+    seen.add(jobs.job_overview(runtime, job_id).fingerprint)
+    study.tell(trial, 0.6)
+    seen.add(jobs.job_overview(runtime, job_id).fingerprint)
+    assert len(seen) == 4
+    assert jobs.job_overview(runtime, job_id).fingerprint in seen  # stable when unchanged
+
+
+def test_a_complete_trial_without_its_numbers_does_not_break_the_list(
+    runtime: Runtime
+) -> None:
+    job_id, study, _ = _job(runtime)
+    # A record no worker of ours writes (a study edited by hand, say): complete, no params.
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1))
+    page, total = jobs.job_overviews(runtime, 0, 50)
+    assert total == 1 and job_public(page[0]).best is None
+    _, records, _ = jobs.get_job(runtime, job_id)
+    assert best_trial(records, minimize=True) is None
