@@ -11,7 +11,11 @@ from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
 
 from tuner_service import __version__
-from tuner_service.api.errors import BodySizeLimit, install_error_handlers
+from tuner_service.api.bodies import BodyLimit
+from tuner_service.api.crosssite import CrossSiteGuard
+from tuner_service.api.docs import install_docs
+from tuner_service.api.errors import install_error_handlers
+from tuner_service.api.middleware import RequestGuard
 from tuner_service.api.routes import health, jobs, pages
 from tuner_service.config import Settings
 from tuner_service.jobs import recover_lost_work
@@ -40,16 +44,28 @@ def create_app(settings: Settings | None = None, *, recover_every_s: float | Non
         version=__version__,
         description="Finds the best Adam optimizer settings for Keras models.",
         lifespan=lifespan,
+        # Served by install_docs from our own origin instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(pages.router)
+    install_docs(app)
+    _add_middleware(app, runtime.settings)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    # Added innermost first. The cheap refusals (host, origin, content type) come before the
+    # body is read; RequestGuard is outermost so its headers and JSON 500 cover them all.
     # The report page inlines plotly.js (~4.7 MB) so it works offline; gzip makes it ~1.4 MB.
     app.add_middleware(GZipMiddleware, minimum_size=1000)
-    app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
-    return app
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(CrossSiteGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(RequestGuard)
 
 
 async def _recover_forever(runtime: Runtime, every_s: float) -> None:

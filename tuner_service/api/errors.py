@@ -10,7 +10,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuner_service.db.repository import NotFound
 from tuner_service.jobs import JobConflict
@@ -28,9 +27,10 @@ def field_name(loc: Sequence[Any]) -> str:
     return text or "body"
 
 
-def _validation_body(errors: Sequence[Any]) -> dict[str, Any]:
+def _validation_body(errors: Sequence[Any], body: Any = None) -> dict[str, Any]:
     return {
         "detail": [
+            _syntax_error(e, body) if e.get("type") == "json_invalid" else
             {"field": field_name(e.get("loc", ())),
              "message": str(e.get("msg", "")).removeprefix("Value error, "),
              "type": e.get("type", "value_error")}
@@ -39,9 +39,26 @@ def _validation_body(errors: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def _syntax_error(error: dict[str, Any], body: Any) -> dict[str, Any]:
+    """FastAPI reports a JSON syntax error at ``("body", <offset>)``: it is the body's, and
+    the offset is where the parser stopped, which we give as line and column."""
+    loc = error.get("loc", ())
+    offset = loc[-1] if loc and isinstance(loc[-1], int) else None
+    where = ""
+    if offset is not None and isinstance(body, str):
+        line = body.count("\n", 0, offset) + 1
+        column = offset - body.rfind("\n", 0, offset)
+        where = f" at line {line}, column {column} (character {offset})"
+    elif offset is not None:
+        where = f" at character {offset}"
+    reason = str((error.get("ctx") or {}).get("error", "")) or "syntax error"
+    return {"field": "body", "message": f"invalid JSON{where}: {reason}",
+            "type": "json_invalid"}
+
+
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse(status_code=422, content=_validation_body(exc.errors()))
+    return JSONResponse(status_code=422, content=_validation_body(exc.errors(), exc.body))
 
 
 async def _on_not_found(_request: Request, exc: Exception) -> JSONResponse:
@@ -66,49 +83,3 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(database_error, _on_database_down)
     app.add_exception_handler(NotFound, _on_not_found)
     app.add_exception_handler(JobConflict, _on_conflict)
-
-
-class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, before they are read into memory."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        response = JSONResponse(
-            status_code=413,
-            content={"detail": f"request body larger than {self.max_bytes} bytes"},
-        )
-        await response({"type": "http"}, _empty_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _empty_receive() -> Message:
-    return {"type": "http.disconnect"}
