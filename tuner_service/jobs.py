@@ -107,26 +107,28 @@ class JobOverview:
                 tuple(sorted(self.slots.items())), self.study.fingerprint)
 
 
-def job_overview(rt: Runtime, job_id: str) -> JobOverview:
-    """One job's overview; NotFound when there is no such job."""
+def job_overview(rt: Runtime, job_id: str, *, fingerprint: bool = False) -> JobOverview:
+    """One job's overview (with the study's fingerprint if asked); NotFound when there is
+    no such job."""
     with session_scope(rt.sessions) as session:
         job = repo.find_job_or_raise(session, job_id)
-    return _overviews(rt, [job])[0]
+        slots = repo.slot_states_of(session, [job.id])
+    return _overviews(rt, [job], slots, fingerprint=fingerprint)[0]
 
 
 def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOverview], int]:
     """A page of job overviews, newest first, and the number of jobs."""
     with session_scope(rt.sessions) as session:
         page, total = repo.list_jobs(session, offset=offset, limit=limit)
-    return _overviews(rt, page), total
-
-
-def _overviews(rt: Runtime, page: list[JobModel]) -> list[JobOverview]:
-    """Slot states and study summaries of a whole page in a handful of queries."""
-    with session_scope(rt.sessions) as session:
         slots = repo.slot_states_of(session, [job.id for job in page])
+    return _overviews(rt, page, slots), total
+
+
+def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int]], *,
+               fingerprint: bool = False) -> list[JobOverview]:
+    """Study summaries of a whole page in a handful of queries."""
     specs = {job.study_name: JobCreate.model_validate(job.spec) for job in page}
-    studies = rt.studies.summaries(specs)
+    studies = rt.studies.summaries(specs, fingerprint=fingerprint)
     return [JobOverview(job, specs[job.study_name], slots.get(job.id, {}),
                         studies[job.study_name]) for job in page]
 

@@ -250,10 +250,12 @@ class StudyStore:
         kept = {k: v for k, v in trial.user_attrs.items() if k == BASELINE_ATTR}
         study.enqueue_trial(trial.params, user_attrs=kept)
 
-    def summaries(self, specs: dict[str, JobCreate]) -> dict[str, StudySummary]:
+    def summaries(self, specs: dict[str, JobCreate], *, fingerprint: bool = False
+                  ) -> dict[str, StudySummary]:
         """Counts and best trial of each study named in ``specs``, in a few SQL statements
-        for all of them (list and status pages must not replay whole studies)."""
-        rows = study_rows(self.storage.engine, list(specs))
+        for all of them (list and status pages must not replay whole studies); with
+        ``fingerprint``, also what changes whenever the study does."""
+        rows = study_rows(self.storage.engine, list(specs), fingerprint=fingerprint)
         summaries = {}
         for name, spec in specs.items():
             row = rows.get(name)

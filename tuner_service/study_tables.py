@@ -2,25 +2,26 @@
 
 Loading a study replays every trial with its parameters and per-epoch values; a job list of 50
 jobs did that 50 times per request. These queries read only what a list or a status needs —
-trial counts per state, the best complete trial and its parameters, and a fingerprint that
-changes whenever the study does — for many studies in one statement each.
+trial counts per state, the best complete trial and its parameters, and (for cached reports) a
+fingerprint that changes whenever the study does — for many studies in one statement each.
 
 They use Optuna's ORM models (``optuna.storages._rdb.models``), so the column types (enums on
-PostgreSQL) match what Optuna wrote; the tests run them against both backends.
+PostgreSQL) match what Optuna wrote; the tests run them against both backends. The statements
+are built once: building SQLAlchemy expressions cost more than running them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from optuna.distributions import json_to_distribution
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages._rdb import models as optuna_tables
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import BindParameter, Engine, bindparam, case, func, select
 
 _STATE_NAMES = {
     TrialState.COMPLETE: "complete",
@@ -29,12 +30,60 @@ _STATE_NAMES = {
     TrialState.RUNNING: "running",
     TrialState.WAITING: "waiting",
 }
-_studies = optuna_tables.StudyModel
-_directions = optuna_tables.StudyDirectionModel
-_trials = optuna_tables.TrialModel
-_values = optuna_tables.TrialValueModel
-_params = optuna_tables.TrialParamModel
-_epochs = optuna_tables.TrialIntermediateValueModel
+_STUDIES = optuna_tables.StudyModel.__table__
+_DIRECTIONS = optuna_tables.StudyDirectionModel.__table__
+_TRIALS = optuna_tables.TrialModel.__table__
+_VALUES = optuna_tables.TrialValueModel.__table__
+_PARAMS = optuna_tables.TrialParamModel.__table__
+_EPOCHS = optuna_tables.TrialIntermediateValueModel.__table__
+_studies, _directions, _trials = _STUDIES.c, _DIRECTIONS.c, _TRIALS.c
+_values, _params, _epochs = _VALUES.c, _PARAMS.c, _EPOCHS.c
+_NAMES: BindParameter[list[str]] = bindparam("names", expanding=True)
+_FINITE = optuna_tables.TrialValueModel.TrialValueType.FINITE
+
+_COUNTS = (
+    select(_studies.study_name, _trials.state, func.count())
+    .join_from(_TRIALS, _STUDIES,
+               _studies.study_id == _trials.study_id)
+    .where(_studies.study_name.in_(_NAMES))
+    .group_by(_studies.study_name, _trials.state)
+)
+# The best complete trial per study, the lowest number winning ties (as the API's
+# ``best_trial``), picked by a window function over the study's direction; then its params.
+_SIGNED = case((_directions.direction == StudyDirection.MINIMIZE, _values.value),
+               else_=-_values.value)
+_RANKED = (
+    select(_studies.study_name, _trials.trial_id, _trials.number, _values.value,
+           func.row_number().over(partition_by=_trials.study_id,
+                                  order_by=(_SIGNED, _trials.number)).label("rank"))
+    .join_from(_TRIALS, _STUDIES,
+               _studies.study_id == _trials.study_id)
+    .join(_VALUES,
+          (_values.trial_id == _trials.trial_id) & (_values.objective == 0))
+    .join(_DIRECTIONS,
+          (_directions.study_id == _trials.study_id) & (_directions.objective == 0))
+    .where(_studies.study_name.in_(_NAMES), _trials.state == TrialState.COMPLETE,
+           _values.value_type == _FINITE)
+    .subquery()
+)
+_BEST = (
+    select(_RANKED.c.study_name, _RANKED.c.number, _RANKED.c.value, _params.param_name,
+           _params.param_value, _params.distribution_json)
+    .select_from(_RANKED)
+    .outerjoin(_PARAMS, _params.trial_id == _RANKED.c.trial_id)
+    .where(_RANKED.c.rank == 1)
+)
+# The newest per-epoch value and the latest end: together with the counts, they change
+# whenever a trial starts, reports an epoch or ends.
+_MARKS = (
+    select(_studies.study_name, func.max(_epochs.trial_intermediate_value_id),
+           func.max(_trials.datetime_complete))
+    .join_from(_TRIALS, _STUDIES,
+               _studies.study_id == _trials.study_id)
+    .outerjoin(_EPOCHS, _epochs.trial_id == _trials.trial_id)
+    .where(_studies.study_name.in_(_NAMES))
+    .group_by(_studies.study_name)
+)
 
 
 @dataclass(frozen=True)
@@ -52,102 +101,37 @@ class StudyRow:
 
     counts: dict[str, int] = field(default_factory=dict)
     best: BestRow | None = None
-    # Changes whenever a trial starts, reports an epoch or ends: the key of cached reports.
+    # Only read when asked for (reports): the key of cached renderings.
     fingerprint: tuple[Any, ...] = ()
 
 
-def study_rows(engine: Engine, study_names: Sequence[str]) -> dict[str, StudyRow]:
-    """Counts, best trial and fingerprint of each named study (absent names are left out)."""
+def study_rows(engine: Engine, study_names: Sequence[str], *, fingerprint: bool = False
+               ) -> dict[str, StudyRow]:
+    """Counts and best trial (and, if asked, the fingerprint) of each named study."""
     if not study_names:
         return {}
+    names = {"names": list(study_names)}
+    counts: dict[str, dict[str, int]] = {name: {} for name in study_names}
+    best: dict[str, BestRow] = {}
+    marks: dict[str, tuple[Any, ...]] = {}
     with engine.connect() as connection:
-        ids = dict(connection.execute(
-            select(_studies.study_name, _studies.study_id)
-            .where(_studies.study_name.in_(study_names))
-        ).all())
-        if not ids:
-            return {}
-        counts = _counts(connection, list(ids.values()))
-        marks = _marks(connection, list(ids.values()))
-        best = _best(connection, list(ids.values()))
+        for name, state, count in connection.execute(_COUNTS, names):
+            counts[name][_STATE_NAMES[state]] = int(count)
+        for name, number, value, param, internal, distribution in connection.execute(
+                _BEST, names):
+            row = best.setdefault(name, BestRow(number, float(value), {}))
+            if param is not None:
+                row.params[param] = _distribution(distribution).to_external_repr(internal)
+        if fingerprint:
+            marks = {name: (epoch, end) for name, epoch, end in connection.execute(_MARKS, names)}
     return {
-        name: StudyRow(
-            counts=counts.get(study_id, {}),
-            best=best.get(study_id),
-            fingerprint=(tuple(sorted(counts.get(study_id, {}).items())),
-                         *marks.get(study_id, (None, None))),
-        )
-        for name, study_id in ids.items()
+        name: StudyRow(counts[name], best.get(name),
+                       (tuple(sorted(counts[name].items())), *marks.get(name, ())))
+        for name in study_names
     }
 
 
-def _counts(connection: Any, study_ids: list[int]) -> dict[int, dict[str, int]]:
-    rows = connection.execute(
-        select(_trials.study_id, _trials.state, func.count())
-        .where(_trials.study_id.in_(study_ids))
-        .group_by(_trials.study_id, _trials.state)
-    )
-    counts: dict[int, dict[str, int]] = {}
-    for study_id, state, count in rows:
-        counts.setdefault(study_id, {})[_STATE_NAMES[state]] = int(count)
-    return counts
-
-
-def _marks(connection: Any, study_ids: list[int]
-           ) -> dict[int, tuple[int | None, datetime | None]]:
-    """Per study: the newest per-epoch value's id and the latest finish time."""
-    newest_epoch = (
-        select(_trials.study_id, func.max(_epochs.trial_intermediate_value_id).label("epoch"))
-        .join(_epochs, _epochs.trial_id == _trials.trial_id)
-        .where(_trials.study_id.in_(study_ids))
-        .group_by(_trials.study_id)
-    )
-    latest_end = (
-        # The mapped attribute is a property converting to UTC; the column is what we need.
-        select(_trials.study_id, func.max(_trials.__table__.c.datetime_complete))
-        .where(_trials.study_id.in_(study_ids))
-        .group_by(_trials.study_id)
-    )
-    epochs = dict(connection.execute(newest_epoch).all())
-    ends = dict(connection.execute(latest_end).all())
-    return {study_id: (epochs.get(study_id), ends.get(study_id)) for study_id in study_ids}
-
-
-def _best(connection: Any, study_ids: list[int]) -> dict[int, BestRow]:
-    """The best complete trial per study, the lowest number winning ties (as the API's
-    ``best_trial``), picked in SQL by a window function over the study's direction."""
-    signed = case((_directions.direction == StudyDirection.MINIMIZE, _values.value),
-                  else_=-_values.value)
-    ranked = (
-        select(_trials.study_id, _trials.trial_id, _trials.number, _values.value,
-               func.row_number().over(partition_by=_trials.study_id,
-                                      order_by=(signed, _trials.number)).label("rank"))
-        .join(_values, (_values.trial_id == _trials.trial_id) & (_values.objective == 0))
-        .join(_directions, (_directions.study_id == _trials.study_id)
-              & (_directions.objective == 0))
-        .where(_trials.study_id.in_(study_ids), _trials.state == TrialState.COMPLETE,
-               _values.value_type == _values.TrialValueType.FINITE)
-        .subquery()
-    )
-    rows = connection.execute(
-        select(ranked.c.study_id, ranked.c.trial_id, ranked.c.number, ranked.c.value)
-        .where(ranked.c.rank == 1)
-    ).all()
-    params = _params_of(connection, [trial_id for _, trial_id, _, _ in rows])
-    return {study_id: BestRow(number, float(value), params.get(trial_id, {}))
-            for study_id, trial_id, number, value in rows}
-
-
-def _params_of(connection: Any, trial_ids: list[int]) -> dict[int, dict[str, Any]]:
-    if not trial_ids:
-        return {}
-    rows = connection.execute(
-        select(_params.trial_id, _params.param_name, _params.param_value,
-               _params.distribution_json)
-        .where(_params.trial_id.in_(trial_ids))
-    )
-    params: dict[int, dict[str, Any]] = {}
-    for trial_id, name, internal, distribution in rows:
-        value = json_to_distribution(distribution).to_external_repr(internal)
-        params.setdefault(trial_id, {})[name] = value
-    return params
+@functools.lru_cache(maxsize=256)
+def _distribution(distribution_json: str) -> BaseDistribution:
+    """Parsed once: a study's parameters share a handful of distributions."""
+    return json_to_distribution(distribution_json)

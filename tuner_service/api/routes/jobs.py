@@ -98,7 +98,7 @@ def get_report(
     top_k: TopK = DEFAULT_TOP_K,
 ) -> Response:
     """The best-config report: the winner against the paper defaults, and how far to trust it."""
-    overview = jobs.job_overview(rt, job_id)
+    overview = jobs.job_overview(rt, job_id, fingerprint=True)
 
     def render() -> bytes:
         job, records, _ = jobs.get_job(rt, job_id)

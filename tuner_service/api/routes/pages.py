@@ -36,7 +36,7 @@ def jobs_page(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> HTMLResp
 def report_page(job_id: str, rt: RuntimeDep, request: Request, top_k: TopK = DEFAULT_TOP_K,
                 standalone: Standalone = False) -> Response:
     """The best-config report as a page; rebuilt only when the job has changed."""
-    overview = jobs.job_overview(rt, job_id)
+    overview = jobs.job_overview(rt, job_id, fingerprint=True)
     if standalone:
         nonce = getattr(request.state, "csp_nonce", None)
         return HTMLResponse(_report_html(rt, overview, top_k, standalone=True, nonce=nonce))
