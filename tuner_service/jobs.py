@@ -13,7 +13,7 @@ from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
-from tuner_service.schemas import JobCreate
+from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
 from tuner_service.studies import StudySummary, TrialRecord, study_name_for
 from tuner_service.trials import close_study
 
@@ -100,6 +100,22 @@ class JobOverview:
     study: StudySummary
 
     @property
+    def final(self) -> bool:
+        """True when nothing about the job can change any more: it has ended, and so have
+        all its slots and trials (a cancelled job's running trials end after it)."""
+        return (self.job.status in TERMINAL_JOB_STATUSES
+                and all(state in repo.TERMINAL_SLOT_STATES for state in self.slots)
+                and not {"running", "waiting"} & self.study.counts.keys())
+
+    @property
+    def shown(self) -> tuple[object, ...]:
+        """Everything the job's public view shows: equal values, equal views."""
+        job, study = self.job, self.study
+        best = (study.best.number, study.best.value) if study.best else None
+        return (job.name, job.status, job.error, job.started_at, job.finished_at,
+                tuple(sorted(self.slots.items())), tuple(sorted(study.counts.items())), best)
+
+    @property
     def fingerprint(self) -> tuple[object, ...]:
         """Changes whenever anything a report shows may have changed."""
         job = self.job
@@ -110,6 +126,9 @@ class JobOverview:
 def job_overview(rt: Runtime, job_id: str, *, fingerprint: bool = False) -> JobOverview:
     """One job's overview (with the study's fingerprint if asked); NotFound when there is
     no such job."""
+    final = rt.final_jobs.get(job_id)
+    if final is not None:
+        return final
     with session_scope(rt.sessions) as session:
         job = repo.find_job_or_raise(session, job_id)
         slots = repo.slot_states_of(session, [job.id])
@@ -120,17 +139,37 @@ def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOvervie
     """A page of job overviews, newest first, and the number of jobs."""
     with session_scope(rt.sessions) as session:
         page, total = repo.list_jobs(session, offset=offset, limit=limit)
-        slots = repo.slot_states_of(session, [job.id for job in page])
-    return _overviews(rt, page, slots), total
+        final = {job.id: rt.final_jobs.get(job.id) for job in page}
+        changing = [job for job in page if final[job.id] is None]
+        slots = repo.slot_states_of(session, [job.id for job in changing])
+        unknown = [job.id for job in changing if rt.specs.get(job.id) is None]
+        for job_id, stored in repo.job_specs(session, unknown).items():
+            rt.specs.put(job_id, JobCreate.model_validate(stored))
+    fresh = {o.job.id: o for o in _overviews(rt, changing, slots)}
+    return [final[job.id] or fresh[job.id] for job in page], total
 
 
 def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int]], *,
                fingerprint: bool = False) -> list[JobOverview]:
-    """Study summaries of a whole page in a handful of queries."""
-    specs = {job.study_name: JobCreate.model_validate(job.spec) for job in page}
+    """Study summaries of jobs that may still change, in a handful of queries; those that
+    turn out final are kept, since they never change again."""
+    specs = {job.study_name: _spec(rt, job) for job in page}
     studies = rt.studies.summaries(specs, fingerprint=fingerprint)
-    return [JobOverview(job, specs[job.study_name], slots.get(job.id, {}),
-                        studies[job.study_name]) for job in page]
+    overviews = [JobOverview(job, specs[job.study_name], slots.get(job.id, {}),
+                             studies[job.study_name]) for job in page]
+    for overview in overviews:
+        if overview.final:
+            rt.final_jobs.put(overview.job.id, overview)
+    return overviews
+
+
+def _spec(rt: Runtime, job: JobModel) -> JobCreate:
+    """A job's validated spec; specs never change, so each is validated once per process."""
+    spec = rt.specs.get(job.id)
+    if spec is None:
+        spec = JobCreate.model_validate(job.spec)
+        rt.specs.put(job.id, spec)
+    return spec
 
 
 def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict[str, int]]:

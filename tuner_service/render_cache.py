@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+from tuner_service.lru import LRU
 
 DEFAULT_ENTRIES = 128
 
@@ -31,9 +31,7 @@ class RenderCache:
     """A bounded, thread-safe map from key to the latest rendering and its fingerprint."""
 
     def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
-        self._entries = entries
-        self._items: OrderedDict[Hashable, tuple[Hashable, Rendered]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRU[Hashable, tuple[Hashable, Rendered]] = LRU(entries)
 
     def get_or_render(self, key: Hashable, fingerprint: Hashable,
                       render: Callable[[], bytes]) -> Rendered:
@@ -42,17 +40,11 @@ class RenderCache:
         Two requests that miss at once both render; the later one's result is kept. Cheaper
         than holding a lock across a render that takes a second.
         """
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] == fingerprint:
-                self._items.move_to_end(key)
-                return hit[1]
+        hit = self._items.get(key)
+        if hit is not None and hit[0] == fingerprint:
+            return hit[1]
         body = render()
         tag = hashlib.sha256(repr((key, fingerprint)).encode() + body).hexdigest()[:20]
         rendered = Rendered(body, gzip.compress(body, compresslevel=6, mtime=0), f'"{tag}"')
-        with self._lock:
-            self._items[key] = (fingerprint, rendered)
-            self._items.move_to_end(key)
-            while len(self._items) > self._entries:
-                self._items.popitem(last=False)
+        self._items.put(key, (fingerprint, rendered))
         return rendered

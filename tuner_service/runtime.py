@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuner_service.config import Settings
 from tuner_service.db.session import engine_kwargs, make_engine, make_session_factory
+from tuner_service.lru import LRU
 from tuner_service.queue import TaskQueue
 from tuner_service.render_cache import RenderCache
+from tuner_service.schemas import JobCreate
 from tuner_service.studies import StudyStore
+
+if TYPE_CHECKING:  # jobs builds on the runtime; only the annotation points back
+    from tuner_service.jobs import JobOverview
+
+
+CACHE_SIZE = 4096
 
 
 @dataclass
@@ -24,6 +33,13 @@ class Runtime:
     studies: StudyStore
     queue: TaskQueue = field(repr=False)
     reports: RenderCache = field(default_factory=RenderCache, repr=False)
+    # Validated job specs by job id: a spec never changes once stored.
+    specs: LRU[str, JobCreate] = field(default_factory=lambda: LRU(CACHE_SIZE), repr=False)
+    # A job's public JSON by job id, with what it showed (``JobOverview.shown``).
+    job_json: LRU[str, tuple[object, bytes]] = field(
+        default_factory=lambda: LRU(CACHE_SIZE), repr=False)
+    # Overviews of jobs that can no longer change (``JobOverview.final``), by job id.
+    final_jobs: LRU[str, JobOverview] = field(default_factory=lambda: LRU(CACHE_SIZE), repr=False)
 
     def close(self) -> None:
         """Release connections (pools, broker)."""

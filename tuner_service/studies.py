@@ -30,7 +30,7 @@ from tuner_service.search_space import (
     suggest_config,
     to_optuna_params,
 )
-from tuner_service.study_tables import study_rows
+from tuner_service.study_tables import StudyRow, study_rows
 
 READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
@@ -256,19 +256,7 @@ class StudyStore:
         for all of them (list and status pages must not replay whole studies); with
         ``fingerprint``, also what changes whenever the study does."""
         rows = study_rows(self.storage.engine, list(specs), fingerprint=fingerprint)
-        summaries = {}
-        for name, spec in specs.items():
-            row = rows.get(name)
-            if row is None:
-                summaries[name] = StudySummary({}, None, ())
-                continue
-            best = None
-            if row.best is not None:
-                config = _config_or_none(row.best.params, spec)
-                if config is not None:
-                    best = BestConfig(row.best.number, row.best.value, config)
-            summaries[name] = StudySummary(row.counts, best, row.fingerprint)
-        return summaries
+        return {name: _summary(rows[name], spec) for name, spec in specs.items()}
 
     def fail_waiting(self, study_name: str, reason: str) -> int:
         """Fail the enqueued trials nobody will run now that the job has ended."""
@@ -310,6 +298,15 @@ class StudyStore:
                 pruner=make_pruner(spec),
             )
         return self._studies[study_name]
+
+
+def _summary(row: StudyRow, spec: JobCreate) -> StudySummary:
+    best = None
+    if row.best is not None:
+        config = _config_or_none(row.best.params, spec)
+        if config is not None:
+            best = BestConfig(row.best.number, row.best.value, config)
+    return StudySummary(row.counts, best, row.fingerprint)
 
 
 def _config_or_none(params: dict[str, Any], spec: JobCreate) -> AdamConfig | None:

@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from tuner_service.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The runtime built by ``create_app``."""
+async def get_runtime(request: Request) -> Runtime:
+    """The runtime built by ``create_app`` (async: FastAPI would run a plain function in a
+    worker thread, a hop that cost more than the lookup)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -24,3 +24,4 @@ def rendered_response(request: Request, rendered: Rendered, media_type: str,
         headers["Content-Encoding"] = "gzip"
         return Response(rendered.gzipped, media_type=media_type, headers=headers)
     return Response(rendered.body, media_type=media_type, headers=headers)
+

@@ -6,8 +6,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy.orm import Session, defer
 
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 
@@ -26,12 +26,21 @@ def add_job(session: Session, *, job: JobModel) -> None:
     session.add_all(TrialSlotModel(job_id=job.id, slot=i) for i in range(job.n_trials))
 
 
+# Built once: building a SQLAlchemy statement cost more than running it on a status poll.
+_JOB_BY_ID = select(JobModel).where(JobModel.id == bindparam("job_id"))
+_SLOT_STATES = (
+    select(TrialSlotModel.job_id, TrialSlotModel.state, func.count())
+    .where(TrialSlotModel.job_id.in_(bindparam("job_ids", expanding=True)))
+    .group_by(TrialSlotModel.job_id, TrialSlotModel.state)
+)
+
+
 def find_job(session: Session, job_id: str) -> JobModel | None:
     """The job with that id, or None (also for strings that cannot be an id: a NUL byte in
     a URL would otherwise reach PostgreSQL, which refuses it with an error)."""
     if not JOB_ID.fullmatch(job_id):
         return None
-    return session.scalars(select(JobModel).where(JobModel.id == job_id)).one_or_none()
+    return session.scalars(_JOB_BY_ID, {"job_id": job_id}).one_or_none()
 
 
 def find_job_or_raise(session: Session, job_id: str) -> JobModel:
@@ -47,11 +56,21 @@ def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[JobMod
     total = session.scalar(select(func.count()).select_from(JobModel)) or 0
     query = (
         select(JobModel)
+        # Specs are large and never change: callers keep them (see ``job_specs``).
+        .options(defer(JobModel.spec))
         .order_by(JobModel.created_at.desc(), JobModel.id)
         .offset(offset)
         .limit(limit)
     )
     return list(session.scalars(query)), total
+
+
+def job_specs(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored specs of these jobs, by job id."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(JobModel.id, JobModel.spec).where(JobModel.id.in_(job_ids)))
+    return {job_id: spec for job_id, spec in rows}
 
 
 def slot_key(job_id: str, slot: int) -> ColumnElement[bool]:
@@ -73,11 +92,7 @@ def slot_states_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, 
     """How many slots of each job are in each state, for many jobs in one query."""
     if not job_ids:
         return {}
-    rows = session.execute(
-        select(TrialSlotModel.job_id, TrialSlotModel.state, func.count())
-        .where(TrialSlotModel.job_id.in_(job_ids))
-        .group_by(TrialSlotModel.job_id, TrialSlotModel.state)
-    )
+    rows = session.execute(_SLOT_STATES, {"job_ids": job_ids})
     states: dict[str, dict[str, int]] = {}
     for job_id, state, count in rows:
         states.setdefault(job_id, {})[state] = count

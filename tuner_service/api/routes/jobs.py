@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
@@ -33,13 +34,14 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=201, response_model=JobPublic,
              responses={422: {"model": ErrorBody}})
-def submit_job(spec: JobCreate, rt: RuntimeDep) -> JobPublic:
+def submit_job(spec: JobCreate, rt: RuntimeDep) -> Response:
     """Submit a tuning job; its trials are queued for the workers."""
     problems = spec_problems(spec, rt.settings)
     if problems:
         raise RequestValidationError(as_validation_errors(problems))
     job = jobs.submit_job(rt, spec)
-    return job_public(jobs.job_overview(rt, job.id))
+    return Response(_job_json(rt, jobs.job_overview(rt, job.id)), status_code=201,
+                    media_type="application/json")
 
 
 # Bounded so that no offset overflows a database integer (2**63 did, as a 500).
@@ -49,9 +51,26 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> JobsPublic:
+async def list_jobs(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> Response:
     """List jobs, newest first."""
-    return jobs_public(rt, offset, limit)
+    # Reads are async routes making one trip to a worker thread for the database: FastAPI
+    # would otherwise hop threads for the route and again for validating its answer.
+    page, total = await run_in_threadpool(jobs.job_overviews, rt, offset, limit)
+    items = b",".join(_job_json(rt, overview) for overview in page)
+    body = b'{"items":[%s],"total":%d}' % (items, total)
+    return Response(body, media_type="application/json")
+
+
+def _job_json(rt: Runtime, overview: jobs.JobOverview) -> bytes:
+    """A job's JSON as in ``JobPublic``, rendered again only when what it shows changed
+    (most listed jobs have ended and never change)."""
+    shown = overview.shown
+    cached = rt.job_json.get(overview.job.id)
+    if cached is not None and cached[0] == shown:
+        return cached[1]
+    body = job_public(overview).model_dump_json().encode("utf-8")
+    rt.job_json.put(overview.job.id, (shown, body))
+    return body
 
 
 def jobs_public(rt: Runtime, offset: int, limit: int) -> JobsPublic:
@@ -61,9 +80,10 @@ def jobs_public(rt: Runtime, offset: int, limit: int) -> JobsPublic:
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-def get_job(job_id: str, rt: RuntimeDep) -> JobPublic:
+async def get_job(job_id: str, rt: RuntimeDep) -> Response:
     """A job's status, trial counts and best trial so far."""
-    return job_public(jobs.job_overview(rt, job_id))
+    overview = await run_in_threadpool(jobs.job_overview, rt, job_id)
+    return Response(_job_json(rt, overview), media_type="application/json")
 
 
 @router.get("/{job_id}/trials", response_model=TrialsPublic, responses=NOT_FOUND)
@@ -84,10 +104,10 @@ def list_trials(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
              responses={**NOT_FOUND, 409: {"model": ErrorBody}})
-def cancel_job(job_id: str, rt: RuntimeDep) -> JobPublic:
+def cancel_job(job_id: str, rt: RuntimeDep) -> Response:
     """Stop a job: no new trials start; running ones are pruned at their next epoch."""
     jobs.cancel_job(rt, job_id)
-    return job_public(jobs.job_overview(rt, job_id))
+    return Response(_job_json(rt, jobs.job_overview(rt, job_id)), media_type="application/json")
 
 
 @router.get("/{job_id}/report", response_model=ReportPublic, responses=NOT_FOUND)
