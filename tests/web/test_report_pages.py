@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -134,10 +135,27 @@ def test_the_report_page_renders_every_plot_in_chromium(
                               " d => [d.id, d.data.length, d.getBoundingClientRect().width])")
         headline = page.inner_text("#headline")
         wide = page.evaluate("() => document.documentElement.scrollWidth")
+        # Plotly draws parallel coordinates with WebGL, built by eval: under a CSP without
+        # 'unsafe-eval' it shows this note instead, with no console error.
+        no_webgl = "WebGL is not supported" in page.inner_text("body")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+
+        # The standalone page (what `tuner report --html` saves) draws offline from a file.
+        saved = tmp_path / "saved.html"
+        saved.write_text(httpx.get(f"{server_url}/v1/jobs/{finished_job['id']}/report.html",
+                                   params={"standalone": True}).text, encoding="utf-8")
+        offline = browser.new_page(viewport={"width": 1280, "height": 900})
+        offline.on("pageerror", lambda error: errors.append(f"offline page error: {error}"))
+        offline.route("**/*", lambda route: route.abort() if route.request.url.startswith(
+            "http") else route.continue_())
+        offline.goto(saved.as_uri())
+        offline.wait_for_function(
+            f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(PLOTS)}",
+            timeout=60_000)
         browser.close()
 
     assert errors == []
+    assert not no_webgl
     assert sorted(d[0] for d in drawn) == sorted(f"plot-{key}" for key in PLOTS)
     assert all(traces > 0 and width > 200 for _, traces, width in drawn), drawn
     assert wide <= 1280, "a plot overflows the page"
