@@ -69,15 +69,18 @@ def test_counts_and_best_match_the_full_study(runtime: Runtime, metric: str) -> 
 
 def test_the_fingerprint_changes_with_every_epoch_and_end(runtime: Runtime) -> None:
     job_id, study, _ = _job(runtime)
-    seen = {jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint}
+    def fingerprint() -> tuple[object, ...]:
+        return jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint
+
+    seen = {fingerprint()}
     trial = study.ask()
-    seen.add(jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint)
+    seen.add(fingerprint())
     trial.report(0.7, step=1)
-    seen.add(jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint)
+    seen.add(fingerprint())
     study.tell(trial, 0.6)
-    seen.add(jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint)
+    seen.add(fingerprint())
     assert len(seen) == 4
-    assert jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint in seen  # stable when unchanged
+    assert fingerprint() in seen  # stable while nothing changes
 
 
 def test_a_complete_trial_without_its_numbers_does_not_break_the_list(

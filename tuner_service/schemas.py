@@ -226,6 +226,8 @@ class FieldError(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The JSON body of every 4xx answer."""
+    """The JSON body of every error answer."""
 
     detail: str | list[FieldError]
+    request_id: str | None = Field(
+        default=None, description="On unexpected errors (500): the id in the server log")

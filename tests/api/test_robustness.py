@@ -231,3 +231,21 @@ def test_the_live_report_page_loads_cacheable_scripts_and_runs_none_inline(
     standalone = client.get(f"/v1/jobs/{job_id}/report.html", params={"standalone": True})
     assert "<script src=" not in standalone.text and "Plotly" in standalone.text
     assert 'http-equiv="refresh"' not in standalone.text  # a saved file must not reload
+
+
+def test_a_method_the_path_does_not_take_lists_every_method_it_does(client: TestClient) -> None:
+    response = client.request("DELETE", "/v1/jobs")
+    assert response.status_code == 405 and "detail" in response.json()
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+
+
+def test_the_schema_documents_every_error_as_json(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    listed = paths["/v1/jobs"]["get"]["responses"]
+    page = paths["/v1/jobs/{job_id}/report.html"]["get"]["responses"]
+    for responses in (listed, page):
+        assert "application/json" in responses["422"]["content"]
+        assert "text/html" not in responses["422"]["content"]
+    assert "application/json" in page["404"]["content"]
+    submit = paths["/v1/jobs"]["post"]["responses"]
+    assert {"403", "413", "415", "422"} <= set(submit)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuner_service.db.repository import NotFound
 from tuner_service.jobs import JobConflict
@@ -62,7 +65,31 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
 
 
 async def _on_not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"detail": f"job {exc} not found"})
+    shown = str(exc) if len(str(exc)) <= 64 else f"{str(exc)[:64]}…"  # ids are 32 characters
+    return JSONResponse(status_code=404, content={"detail": f"job {shown} not found"})
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404/405 and FastAPI's 400s as JSON; a 405 lists every method the path
+    takes (Starlette names only those of the first route that matched it)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allowed = _methods_of(request.app, request.url.path)
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return await http_exception_handler(request, exc)
+
+
+def _methods_of(app: FastAPI, path: str) -> set[str]:
+    """Every method the API takes on ``path``, read from its own OpenAPI paths."""
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "methods", None)
+    if table is None:
+        table = [(re.compile("^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"),
+                  {method.upper() for method in operations})
+                 for template, operations in app.openapi()["paths"].items()]
+        app.state.methods = table
+    methods = {m for pattern, found in table if pattern.match(path) for m in found}
+    return methods | {"HEAD"} if "GET" in methods else methods
 
 
 async def _on_conflict(_request: Request, exc: Exception) -> JSONResponse:
@@ -82,4 +109,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for database_error in database_errors:
         app.add_exception_handler(database_error, _on_database_down)
     app.add_exception_handler(NotFound, _on_not_found)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(JobConflict, _on_conflict)

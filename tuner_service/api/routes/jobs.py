@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
+from tuner_service.api.openapi import COMMON, NOT_FOUND, WRITES, json_error
 from tuner_service.api.responses import rendered_response
 from tuner_service.report_schema import ReportPublic
 from tuner_service.reports import DEFAULT_TOP_K, build_report
@@ -25,15 +26,12 @@ from tuner_service.schemas import (
 from tuner_service.validation import as_validation_errors, spec_problems
 from tuner_service.views import job_public, trial_public
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON)
 TopK = Annotated[int, Query(ge=1, le=50, description="How many top trials to compare")]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "No such job"}
-}
 
 
 @router.post("", status_code=201, response_model=JobPublic,
-             responses={422: {"model": ErrorBody}})
+             responses={**WRITES, 422: {"model": ErrorBody}})
 def submit_job(spec: JobCreate, rt: RuntimeDep) -> Response:
     """Submit a tuning job; its trials are queued for the workers."""
     problems = spec_problems(spec, rt.settings)
@@ -103,7 +101,7 @@ def list_trials(
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
-             responses={**NOT_FOUND, 409: {"model": ErrorBody}})
+             responses={**NOT_FOUND, **WRITES, 409: json_error("The job has already ended")})
 def cancel_job(job_id: str, rt: RuntimeDep) -> Response:
     """Stop a job: no new trials start; running ones are pruned at their next epoch."""
     jobs.cancel_job(rt, job_id)

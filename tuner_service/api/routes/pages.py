@@ -9,8 +9,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from tuner_service import jobs
 from tuner_service.api.deps import RuntimeDep
+from tuner_service.api.openapi import COMMON, NOT_FOUND
 from tuner_service.api.responses import rendered_response
-from tuner_service.api.routes.jobs import NOT_FOUND, Limit, Offset, TopK, jobs_public
+from tuner_service.api.routes.jobs import Limit, Offset, TopK, jobs_public
 from tuner_service.reports import DEFAULT_TOP_K, build_report
 from tuner_service.runtime import Runtime
 from tuner_service.views import job_public
@@ -18,7 +19,7 @@ from tuner_service.web.assets import find_asset
 from tuner_service.web.pages import render_jobs, render_report
 from tuner_service.web.plots import report_plots
 
-router = APIRouter(tags=["pages"])
+router = APIRouter(tags=["pages"], responses=COMMON)
 # Asset names carry their version or content hash: a browser may keep them for good.
 IMMUTABLE = "public, max-age=31536000, immutable"
 Standalone = Annotated[bool, Query(
