@@ -30,19 +30,12 @@ from tuner_service.search_space import (
     suggest_config,
     to_optuna_params,
 )
-from tuner_service.study_tables import StudyRow, study_rows
+from tuner_service.study_tables import STATE_NAMES, StudyRow, study_rows
 
 READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
 WORKER_ATTR = "worker"
 FAIL_REASON_ATTR = "fail_reason"
-_STATE_NAMES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "fail",
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Optuna wraps database failures in StorageInternalError: infrastructure, not the trial's fault.
@@ -241,7 +234,7 @@ class StudyStore:
     def state_of(self, study_name: str, number: int) -> str:
         """The state of one trial ("complete", "pruned", "fail", "running", "waiting")."""
         trial = self._reader(study_name).get_trials(deepcopy=False)[number]
-        return _STATE_NAMES[trial.state]
+        return STATE_NAMES[trial.state]
 
     def retry_params(self, study_name: str, number: int) -> None:
         """Enqueue a lost trial's parameters again so that its retry trains the same config."""
@@ -327,7 +320,7 @@ def _record(trial: FrozenTrial, spec: JobCreate) -> TrialRecord:
     steps = sorted(trial.intermediate_values.items())
     return TrialRecord(
         number=trial.number,
-        state=_STATE_NAMES[trial.state],
+        state=STATE_NAMES[trial.state],
         config=config,
         value=value,
         intermediate_values=tuple(v for _, v in steps if math.isfinite(v)),

@@ -23,7 +23,8 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from sqlalchemy import BindParameter, Engine, bindparam, case, func, select
 
-_STATE_NAMES = {
+# Optuna's trial states by the names the API uses.
+STATE_NAMES = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "pruned",
     TrialState.FAIL: "fail",
@@ -116,7 +117,7 @@ def study_rows(engine: Engine, study_names: Sequence[str], *, fingerprint: bool 
     marks: dict[str, tuple[Any, ...]] = {}
     with engine.connect() as connection:
         for name, state, count in connection.execute(_COUNTS, names):
-            counts[name][_STATE_NAMES[state]] = int(count)
+            counts[name][STATE_NAMES[state]] = int(count)
         for name, number, value, param, internal, distribution in connection.execute(
                 _BEST, names):
             row = best.setdefault(name, BestRow(number, float(value), {}))
