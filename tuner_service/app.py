@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, recover_every_s: float | Non
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
     # Added innermost first. The cheap refusals (host, origin, content type) come before the
     # body is read; RequestGuard is outermost so its headers and JSON 500 cover them all.
-    # The report page inlines plotly.js (~4.7 MB) so it works offline; gzip makes it ~1.4 MB.
+    # Answers the routes did not compress already (reports and assets are gzipped once).
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(CrossSiteGuard, allowed_hosts=settings.allowed_hosts)
