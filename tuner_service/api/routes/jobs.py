@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 
 from tuner_service import jobs
-from tuner_service.api.deps import RuntimeDep
+from tuner_service.api.deps import ReaderDep, RuntimeDep
 from tuner_service.api.openapi import COMMON, NOT_FOUND, WRITES, json_error
 from tuner_service.api.responses import rendered_response
 from tuner_service.report_schema import ReportPublic
@@ -49,11 +48,12 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 
 
 @router.get("", response_model=JobsPublic)
-async def list_jobs(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> Response:
+async def list_jobs(rt: RuntimeDep, read: ReaderDep, offset: Offset = 0, limit: Limit = 50
+                    ) -> Response:
     """List jobs, newest first."""
     # Reads are async routes making one trip to a worker thread for the database: FastAPI
     # would otherwise hop threads for the route and again for validating its answer.
-    page, total = await run_in_threadpool(jobs.job_overviews, rt, offset, limit)
+    page, total = await read(jobs.job_overviews, rt, offset, limit)
     items = b",".join(_job_json(rt, overview) for overview in page)
     body = b'{"items":[%s],"total":%d}' % (items, total)
     return Response(body, media_type="application/json")
@@ -78,9 +78,9 @@ def jobs_public(rt: Runtime, offset: int, limit: int) -> JobsPublic:
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-async def get_job(job_id: str, rt: RuntimeDep) -> Response:
+async def get_job(job_id: str, rt: RuntimeDep, read: ReaderDep) -> Response:
     """A job's status, trial counts and best trial so far."""
-    overview = await run_in_threadpool(jobs.job_overview, rt, job_id)
+    overview = await read(jobs.job_overview, rt, job_id)
     return Response(_job_json(rt, overview), media_type="application/json")
 
 
