@@ -136,17 +136,18 @@ def job_overview(rt: Runtime, job_id: str, *, fingerprint: bool = False) -> JobO
 
 
 def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOverview], int]:
-    """A page of job overviews, newest first, and the number of jobs."""
+    """A page of job overviews, newest first, and the number of jobs. Jobs that can no longer
+    change are served from memory; only the others are read."""
     with session_scope(rt.sessions) as session:
-        page, total = repo.list_jobs(session, offset=offset, limit=limit)
-        final = {job.id: rt.final_jobs.get(job.id) for job in page}
-        changing = [job for job in page if final[job.id] is None]
-        slots = repo.slot_states_of(session, [job.id for job in changing])
-        unknown = [job.id for job in changing if rt.specs.get(job.id) is None]
+        ids, total = repo.page_of_job_ids(session, offset=offset, limit=limit)
+        final = {job_id: rt.final_jobs.get(job_id) for job_id in ids}
+        changing = repo.jobs_by_ids(session, [i for i in ids if final[i] is None])
+        slots = repo.slot_states_of(session, list(changing))
+        unknown = [job_id for job_id in changing if rt.specs.get(job_id) is None]
         for job_id, stored in repo.job_specs(session, unknown).items():
             rt.specs.put(job_id, JobCreate.model_validate(stored))
-    fresh = {o.job.id: o for o in _overviews(rt, changing, slots)}
-    return [final[job.id] or fresh[job.id] for job in page], total
+    fresh = {o.job.id: o for o in _overviews(rt, list(changing.values()), slots)}
+    return [final[job_id] or fresh[job_id] for job_id in ids], total
 
 
 def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int]], *,

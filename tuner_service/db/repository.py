@@ -51,18 +51,34 @@ def find_job_or_raise(session: Session, job_id: str) -> JobModel:
     return job
 
 
-def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[JobModel], int]:
-    """A page of jobs, newest first, and the total count."""
+_PAGE_OF_IDS = (
+    select(JobModel.id, func.count().over())
+    .order_by(JobModel.created_at.desc(), JobModel.id)
+    .offset(bindparam("offset"))
+    .limit(bindparam("limit"))
+)
+_JOBS_BY_IDS = (
+    select(JobModel)
+    # Specs are large and never change: callers keep them (see ``job_specs``).
+    .options(defer(JobModel.spec))
+    .where(JobModel.id.in_(bindparam("job_ids", expanding=True)))
+)
+
+
+def page_of_job_ids(session: Session, *, offset: int, limit: int) -> tuple[list[str], int]:
+    """The ids of a page of jobs, newest first, and the number of jobs (one query)."""
+    rows = session.execute(_PAGE_OF_IDS, {"offset": offset, "limit": limit}).all()
+    if rows:
+        return [job_id for job_id, _ in rows], rows[0][1]
     total = session.scalar(select(func.count()).select_from(JobModel)) or 0
-    query = (
-        select(JobModel)
-        # Specs are large and never change: callers keep them (see ``job_specs``).
-        .options(defer(JobModel.spec))
-        .order_by(JobModel.created_at.desc(), JobModel.id)
-        .offset(offset)
-        .limit(limit)
-    )
-    return list(session.scalars(query)), total
+    return [], total  # an offset past the end: the count alone
+
+
+def jobs_by_ids(session: Session, job_ids: list[str]) -> dict[str, JobModel]:
+    """These jobs (their specs deferred), by id."""
+    if not job_ids:
+        return {}
+    return {job.id: job for job in session.scalars(_JOBS_BY_IDS, {"job_ids": job_ids})}
 
 
 def job_specs(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
