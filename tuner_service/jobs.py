@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
@@ -132,7 +133,8 @@ def job_overview(rt: Runtime, job_id: str, *, fingerprint: bool = False) -> JobO
     with session_scope(rt.sessions) as session:
         job = repo.find_job_or_raise(session, job_id)
         slots = repo.slot_states_of(session, [job.id])
-    return _overviews(rt, [job], slots, fingerprint=fingerprint)[0]
+        specs = _specs(rt, session, [job.id])
+    return _overviews(rt, [job], slots, specs, fingerprint=fingerprint)[0]
 
 
 def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOverview], int]:
@@ -143,20 +145,18 @@ def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOvervie
         final = {job_id: rt.final_jobs.get(job_id) for job_id in ids}
         changing = repo.jobs_by_ids(session, [i for i in ids if final[i] is None])
         slots = repo.slot_states_of(session, list(changing))
-        unknown = [job_id for job_id in changing if rt.specs.get(job_id) is None]
-        for job_id, stored in repo.job_specs(session, unknown).items():
-            rt.specs.put(job_id, JobCreate.model_validate(stored))
-    fresh = {o.job.id: o for o in _overviews(rt, list(changing.values()), slots)}
+        specs = _specs(rt, session, list(changing))
+    fresh = {o.job.id: o for o in _overviews(rt, list(changing.values()), slots, specs)}
     return [final[job_id] or fresh[job_id] for job_id in ids], total
 
 
-def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int]], *,
-               fingerprint: bool = False) -> list[JobOverview]:
+def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int]],
+               specs: dict[str, JobCreate], *, fingerprint: bool = False) -> list[JobOverview]:
     """Study summaries of jobs that may still change, in a handful of queries; those that
     turn out final are kept, since they never change again."""
-    specs = {job.study_name: _spec(rt, job) for job in page}
-    studies = rt.studies.summaries(specs, fingerprint=fingerprint)
-    overviews = [JobOverview(job, specs[job.study_name], slots.get(job.id, {}),
+    studies = rt.studies.summaries({job.study_name: specs[job.id] for job in page},
+                                   fingerprint=fingerprint)
+    overviews = [JobOverview(job, specs[job.id], slots.get(job.id, {}),
                              studies[job.study_name]) for job in page]
     for overview in overviews:
         if overview.final:
@@ -164,13 +164,15 @@ def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int
     return overviews
 
 
-def _spec(rt: Runtime, job: JobModel) -> JobCreate:
-    """A job's validated spec; specs never change, so each is validated once per process."""
-    spec = rt.specs.get(job.id)
-    if spec is None:
-        spec = JobCreate.model_validate(job.spec)
-        rt.specs.put(job.id, spec)
-    return spec
+def _specs(rt: Runtime, session: Session, job_ids: list[str]) -> dict[str, JobCreate]:
+    """These jobs' validated specs. A spec never changes, so each is read and validated once
+    per process; the rest come from memory."""
+    specs = {job_id: rt.specs.get(job_id) for job_id in job_ids}
+    unknown = [job_id for job_id, spec in specs.items() if spec is None]
+    for job_id, stored in repo.job_specs(session, unknown).items():
+        spec = specs[job_id] = JobCreate.model_validate(stored)
+        rt.specs.put(job_id, spec)
+    return {job_id: spec for job_id, spec in specs.items() if spec is not None}
 
 
 def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict[str, int]]:
