@@ -93,3 +93,14 @@ def test_a_complete_trial_without_its_numbers_does_not_break_the_list(
     assert total == 1 and job_public(page[0]).best is None
     _, records, _ = jobs.get_job(runtime, job_id)
     assert best_trial(records, minimize=True) is None
+
+
+def test_failing_waiting_trials_leaves_one_a_worker_took_running(runtime: Runtime) -> None:
+    job_id, study, spec = _job(runtime)
+    name = jobs.job_overview(runtime, job_id).job.study_name
+    taken = runtime.studies.ask(name, spec, seed_offset=0, worker="w")  # the paper defaults
+    study.enqueue_trial({"learning_rate": 0.01})
+    assert runtime.studies.fail_waiting(name, "never run") == 1
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[taken.number] == TrialState.RUNNING
+    assert sorted(states.values()) == [TrialState.RUNNING, TrialState.FAIL]

@@ -133,8 +133,9 @@ def job_overview(rt: Runtime, job_id: str, *, fingerprint: bool = False) -> JobO
     with session_scope(rt.sessions) as session:
         job = repo.find_job_or_raise(session, job_id)
         slots = repo.slot_states_of(session, [job.id])
-        specs = _specs(rt, session, [job.id])
-    return _overviews(rt, [job], slots, specs, fingerprint=fingerprint)[0]
+    spec = rt.specs.get(job.id) or JobCreate.model_validate(job.spec)  # loaded with the row
+    rt.specs.put(job.id, spec)
+    return _overviews(rt, [job], slots, {job.id: spec}, fingerprint=fingerprint)[0]
 
 
 def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOverview], int]:

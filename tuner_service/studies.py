@@ -30,7 +30,7 @@ from tuner_service.search_space import (
     suggest_config,
     to_optuna_params,
 )
-from tuner_service.study_tables import STATE_NAMES, StudyRow, study_rows
+from tuner_service.study_tables import STATE_NAMES, StudyRow, fail_if_waiting, study_rows
 
 READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
@@ -138,6 +138,7 @@ class StudyStore:
                                if database.get_backend_name() == "sqlite" and database.database
                                else None)
         self._storage: optuna.storages.RDBStorage | None = None
+        self._storage_lock = threading.Lock()
         self._studies: dict[str, optuna.Study] = {}
         self._readers: OrderedDict[str, optuna.Study] = OrderedDict()
         self._readers_lock = threading.Lock()
@@ -146,11 +147,12 @@ class StudyStore:
     @property
     def storage(self) -> optuna.storages.RDBStorage:
         """Optuna's RDB storage, created (and its tables migrated) on first use."""
-        if self._storage is None:
-            self._storage = optuna.storages.RDBStorage(
-                self._url, engine_kwargs=dict(self._engine_kwargs)
-            )
-        return self._storage
+        with self._storage_lock:  # API threads may ask first at once: one storage, one pool
+            if self._storage is None:
+                self._storage = optuna.storages.RDBStorage(
+                    self._url, engine_kwargs=dict(self._engine_kwargs)
+                )
+            return self._storage
 
     def close(self) -> None:
         """Close Optuna's connection pool."""
@@ -184,7 +186,12 @@ class StudyStore:
         """Hand out the next trial, sample its Adam numbers, and note who runs it."""
         study = self._study(study_name, spec, seed_offset)
         with self._ask_lock():
-            trial = study.ask()
+            try:
+                trial = study.ask()
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # The waiting trial it chose was failed (its job ended) between Optuna listing
+                # and taking it; asking again samples a new one, pruned at its first epoch.
+                trial = study.ask()
             config = suggest_config(trial, spec.search_space)
         trial.set_user_attr(WORKER_ATTR, worker)
         self._running[(study_name, trial.number)] = trial
@@ -252,18 +259,18 @@ class StudyStore:
         return {name: _summary(rows[name], spec) for name, spec in specs.items()}
 
     def fail_waiting(self, study_name: str, reason: str) -> int:
-        """Fail the enqueued trials nobody will run now that the job has ended."""
+        """Fail the enqueued trials nobody will run now that the job has ended; returns how
+        many. One a worker takes meanwhile runs on (and is pruned at its first epoch, since
+        the job has ended), its reason replaced when it is told."""
         study = self._reader(study_name)
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         study_id = self.storage.get_study_id_from_name(study_name)
-        for trial in waiting:
+        failed = 0
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            # A worker may take it meanwhile: then it is running (and pruned at its first
-            # epoch, since the job has ended) or already finished, and is left alone.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 self.storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
-                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        return len(waiting)
+                failed += fail_if_waiting(self.storage.engine, trial_id)
+        return failed
 
     def records(self, study_name: str, spec: JobCreate) -> list[TrialRecord]:
         """Every trial of a study as plain records, by number."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from optuna.distributions import BaseDistribution, json_to_distribution
@@ -136,3 +137,19 @@ def study_rows(engine: Engine, study_names: Sequence[str], *, fingerprint: bool 
 def _distribution(distribution_json: str) -> BaseDistribution:
     """Parsed once: a study's parameters share a handful of distributions."""
     return json_to_distribution(distribution_json)
+
+
+def fail_if_waiting(engine: Engine, trial_id: int) -> bool:
+    """Fail a trial only if it is still waiting; False when a worker took it meanwhile.
+
+    Optuna's own ``set_trial_state_values`` would fail a trial a worker has just started, so
+    this is one conditional update instead of a read and a write.
+    """
+    with engine.begin() as connection:
+        changed = connection.execute(
+            _TRIALS.update()
+            .where(_trials.trial_id == trial_id, _trials.state == TrialState.WAITING)
+            .values(state=TrialState.FAIL,
+                    datetime_complete=datetime.now(UTC).replace(tzinfo=None))
+        )
+    return bool(changed.rowcount == 1)

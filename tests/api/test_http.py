@@ -428,3 +428,15 @@ def test_plotly_parcoords_draws_from_nonce_scripts_and_other_inline_scripts_do_n
     assert not injected
     assert violations == ["script-src-elem inline"]
     assert len(problems) == 1 and "Content Security Policy" in problems[0], problems
+
+
+def test_a_page_of_another_local_server_cannot_cancel_a_job(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json=GOOD).json()["id"]
+    host = {"host": "127.0.0.1:8000"}
+    other_port = client.post(f"/v1/jobs/{job_id}/cancel",
+                             headers={**host, "origin": "http://localhost:3000"})
+    assert other_port.status_code == 403
+    assert client.get(f"/v1/jobs/{job_id}", headers=host).json()["status"] == "queued"
+    for origin in ("http://127.0.0.1:8000", "http://localhost:8000"):
+        same = client.post(f"/v1/jobs/{job_id}/cancel", headers={**host, "origin": origin})
+        assert same.status_code == 200, (origin, same.text)

@@ -19,6 +19,17 @@ from tuner_service.api.middleware import send_json
 # Probes often call by IP address (a load balancer, a kubelet): they must not need a host name.
 HOST_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_port(header: str) -> int | None:
+    """The port a Host header names, None when it names none (``"[::1]:8000"`` -> 8000)."""
+    value = header.strip()
+    tail = value[value.find("]") + 1:] if value.startswith("[") else value
+    if tail.count(":") != 1:  # no port, or a bare IPv6 address
+        return None
+    port = tail.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
 
 
 def host_name(header: str) -> str:
@@ -88,7 +99,8 @@ class CrossSiteGuard:
         if scope["method"] not in STATE_CHANGING:
             return None
         origin = headers.get("origin")
-        if origin is not None and not self._same_site(origin[:200], host):
+        if origin is not None and not self._same_site(origin[:200], host,
+                                                      host_port(headers.get("host", ""))):
             return 403, (f"cross-site request refused: Origin {origin[:100]!r} is not an "
                          "allowed host (TUNER_ALLOWED_HOSTS)")
         content_type = headers.get("content-type")
@@ -99,11 +111,17 @@ class CrossSiteGuard:
                          f"application/json), not {(content_type or 'none')[:100]!r}")
         return None
 
-    def _same_site(self, origin: str, host: str) -> bool:
+    def _same_site(self, origin: str, host: str, port: int | None) -> bool:
         # '*' admits any Host, never any Origin: a server answering every name must still
-        # refuse a write that a page on another site started. Its own origin is fine.
+        # refuse a write that a page on another site started. Its own origin is fine. When
+        # the Host names a port, the Origin's must match: a page of another local server
+        # (localhost:3000) could otherwise send body-less writes (cancel) with mode no-cors.
         try:
-            origin_host = urlsplit(origin).hostname or ""
+            parts = urlsplit(origin)
+            origin_host = parts.hostname or ""
+            origin_port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
         except ValueError:  # e.g. "http://[::1" ; "null" parses to no host at all
             return False
-        return bool(origin_host) and (origin_host == host or self.hosts.named(origin_host))
+        if not origin_host or (port is not None and origin_port != port):
+            return False
+        return origin_host == host or self.hosts.named(origin_host)
