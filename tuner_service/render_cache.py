@@ -26,6 +26,11 @@ class Rendered:
     gzipped: bytes
     etag: str
 
+    @classmethod
+    def of(cls, body: bytes, tag: str) -> Rendered:
+        """``body`` gzipped now (mtime 0: the same body, the same bytes), tagged ``tag``."""
+        return cls(body, gzip.compress(body, compresslevel=6, mtime=0), f'"{tag}"')
+
 
 class RenderCache:
     """A bounded, thread-safe map from key to the latest rendering and its fingerprint."""
@@ -45,6 +50,6 @@ class RenderCache:
             return hit[1]
         body = render()
         tag = hashlib.sha256(repr((key, fingerprint)).encode() + body).hexdigest()[:20]
-        rendered = Rendered(body, gzip.compress(body, compresslevel=6, mtime=0), f'"{tag}"')
+        rendered = Rendered.of(body, tag)
         self._items.put(key, (fingerprint, rendered))
         return rendered

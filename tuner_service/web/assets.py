@@ -4,7 +4,6 @@ hash so that a browser may cache it for good, and gzipped once, not on every req
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
@@ -43,8 +42,7 @@ class Script:
 
 
 def _asset(name: str, body: bytes) -> Asset:
-    return Asset(name, Rendered(body, gzip.compress(body, compresslevel=6, mtime=0),
-                                f'"{name}"'))
+    return Asset(name, Rendered.of(body, name))
 
 
 @functools.cache
