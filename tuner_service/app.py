@@ -31,12 +31,16 @@ def create_app(settings: Settings | None = None, *, recover_every_s: float | Non
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
         task = None
         if recover_every_s:
-            task = asyncio.create_task(_recover_forever(runtime, recover_every_s))
+            task = asyncio.create_task(_recover_forever(runtime, recover_every_s, stopping))
         yield
+        # Not task.cancel(): a pass in flight runs in a thread that a cancel does not stop, and
+        # closing the pools under it would leave it a fresh connection that nobody closes.
+        stopping.set()
         if task is not None:
-            task.cancel()
+            await task
         runtime.close()
 
     app = FastAPI(
@@ -68,9 +72,11 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(RequestGuard)
 
 
-async def _recover_forever(runtime: Runtime, every_s: float) -> None:
-    while True:
-        await asyncio.sleep(every_s)
+async def _recover_forever(runtime: Runtime, every_s: float, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=every_s)
+            return
         try:
             await asyncio.to_thread(recover_lost_work, runtime)
         except Exception:  # the loop must outlive a database hiccup
