@@ -51,7 +51,8 @@ def test_eight_processes_run_every_slot_exactly_once(settings: Settings,
     # Eight waiting (enqueued) trials at the start: every process races to pop one.
     enqueue = [{"learning_rate": 10 ** -k} for k in (1, 1.5, 2, 2.5, 3.5, 4, 4.5)]
     spec = JobCreate.model_validate({**GOOD, "budget": {"n_trials": TRIALS, "epochs": 2},
-                                     "pruner": "none", "enqueue": enqueue})
+                                     "pruner": "none", "enqueue": enqueue,
+                                     "confirm": False})  # the search's slots alone
     job_id = jobs.submit_job(runtime, spec).id
     with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
         ran = pool.starmap(_drive, [(settings.model_dump_json(), job_id, seed)

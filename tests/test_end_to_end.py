@@ -151,3 +151,28 @@ def test_a_job_with_every_number_fixed_scores_that_configuration_end_to_end(
     assert "InverseTimeDecay" in report["keras_snippet"]
     for path in ("/", "/v1/jobs", f"/v1/jobs/{job_id}/report.html"):
         assert stack.client.get(path).status_code == 200
+
+
+def test_a_job_is_confirmed_on_fresh_seeds_before_it_succeeds(stack: WorkerStack) -> None:
+    job_id = stack.submit({**DIGITS, "budget": {"n_trials": 4, "epochs": 2},
+                           "pruner": "none", "confirm": {"top_k": 2, "seeds": 2},
+                           "warm_start": "off"})
+    job = stack.wait(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["trials_ended"] == 4 and job["confirmation"] == {"runs": 6, "runs_ended": 6}
+    report = stack.client.get(f"/v1/jobs/{job_id}/report").json()
+    confirmed = report["confirmed"]
+    assert len(confirmed) == 3 and confirmed[-1]["is_baseline"]
+    assert all(len(c["values"]) == 2 and c["sd"] is not None for c in confirmed)
+    # Fresh seeds: the defaults' re-trained values are not the search-time run's again.
+    assert report["baseline"]["value"] not in confirmed[-1]["values"]
+    assert len(set(confirmed[0]["seeds"])) == 2
+    recommended = report["recommended"]
+    best_mean = min(c["mean"] for c in confirmed)
+    assert recommended["mean"] == best_mean
+    assert report["confirmation"]["state"] == "done"
+    assert report["compute"]["confirm_epochs"] == 12
+    assert repr(recommended["params"]["learning_rate"]) in report["keras_snippet"]
+    page = stack.client.get(f"/v1/jobs/{job_id}/report.html").text
+    assert 'id="recommended"' in page and 'id="confirmed-table"' in page
+    assert "Welch" in page or "paper defaults are the recommendation" in page

@@ -333,23 +333,38 @@ def print_report(report: dict[str, Any]) -> None:
     title = f"Best Adam configuration ({metric}, {report['objective']['direction']})"
     if report["partial"]:
         title += " — partial, the job is still running"
-    table = Table("", "best", "paper defaults", "searched over", title=title)
+    rec = report["recommended"]
+    columns = ["recommended (confirmed)", "search-time best"] if rec else ["best"]
+    table = Table("", *columns, "paper defaults", "searched over", title=title)
     best, base = report["best"], report["baseline"]
     for param in report["parameters"]:
         key = param["name"]
-        table.add_row(key, _num(best["params"][key]) if best else "-",
+        confirmed = [_num(rec["params"][key])] if rec else []
+        table.add_row(key, *confirmed, _num(best["params"][key]) if best else "-",
                       _num(base["params"][key]) if base else "-", _searched(param["searched"]))
-    table.add_row(metric, _num(best["value"]) if best else "-",
+    defaults = next((c for c in report["confirmed"] if c["is_baseline"]), None)
+    confirmed_values = [_mean_sd(rec)] if rec else []
+    table.add_row(metric, *confirmed_values, _num(best["value"]) if best else "-",
+                  _mean_sd(defaults) if rec and defaults else
                   _num(base["value"]) if base and base["value"] is not None else "-", "")
     console.print(table)
     counts, compute = report["trial_counts"], report["compute"]
     console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    console.print(f"compute: {compute['trial_epochs']} trial-epochs, "
+    console.print(f"compute: {compute['trial_epochs']} trial-epochs "
+                  f"({compute['confirm_epochs']} confirming), "
                   f"{compute['worker_seconds']:.1f} worker-seconds")
+    if report["warm_start"]:
+        console.print("learned from: " + ", ".join(
+            f"{w['job_id']} ({w['trials']} trials)" for w in report["warm_start"]))
+    if report["confirmation"]["statement"]:
+        console.print(report["confirmation"]["statement"], highlight=False, markup=False)
     if report["improvement"]:
         gain = report["improvement"]
         relative = f" ({gain['relative']:.1%})" if gain["relative"] is not None else ""
-        console.print(f"improvement over the paper defaults: {gain['absolute']:.4g}{relative}")
+        basis = ("confirmed means" if report["improvement_basis"] == "confirmed_means"
+                 else "search-time values")
+        console.print(f"improvement over the paper defaults ({basis}): "
+                      f"{gain['absolute']:.4g}{relative}")
     if report["best_found"]:
         found = report["best_found"]
         console.print(f"best found after {found['after_trials']} trials "
@@ -360,6 +375,13 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(report["message"])
     if report["keras_snippet"]:
         console.print("\n" + report["keras_snippet"], highlight=False, markup=False)
+
+
+def _mean_sd(confirmed: dict[str, Any]) -> str:
+    if confirmed["mean"] is None:
+        return "-"
+    sd = f" ± {_num(confirmed['sd'])}" if confirmed["sd"] is not None else ""
+    return f"{_num(confirmed['mean'])}{sd} (n={len(confirmed['values'])})"
 
 
 def _searched(space: dict[str, Any] | None) -> str:

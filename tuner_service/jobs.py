@@ -10,13 +10,16 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from tuner_service.confirmation import ConfirmRun
 from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
+from tuner_service.dispatch import dispatch
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
-from tuner_service.studies import StudySummary, TrialRecord, study_name_for
+from tuner_service.studies import StudySummary, TrialRecord, WarmSource, study_name_for
 from tuner_service.trials import close_study
+from tuner_service.warm_start import warm_plan
 
 log = logging.getLogger(__name__)
 # Undispatched slots younger than this may still be on their way from submit_job.
@@ -28,10 +31,13 @@ class JobConflict(Exception):
 
 
 def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
-    """Store the job and its study, then enqueue one task per trial (after the commit)."""
+    """Store the job and its study (warm-started from earlier jobs' trials), then enqueue one
+    task per trial (after the commit). Raises ``SpecRefused`` before writing anything when
+    ``warm_start`` names jobs it cannot learn from."""
+    warm = warm_plan(rt, spec)
     job_id = uuid.uuid4().hex
     study_name = study_name_for(job_id)
-    rt.studies.create(study_name, spec)
+    rt.studies.create(study_name, spec, warm.trials, warm.first)
     job = JobModel(
         id=job_id,
         name=spec.name or f"{spec.model.builtin}-{spec.dataset.builtin}",
@@ -49,25 +55,6 @@ def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
         raise
     dispatch(rt, job_id, range(job.n_trials))
     return job
-
-
-def dispatch(rt: Runtime, job_id: str, slots: range | list[int]) -> None:
-    """Send the slots' tasks; a send that fails is left for ``recover_lost_work`` to repeat.
-
-    The sent slots are marked in one commit: should the process die before it, the recovery
-    loop resends them, and a duplicate delivery is harmless.
-    """
-    sent = []
-    for slot in slots:
-        try:
-            rt.queue.send_trial(job_id, slot)
-        except Exception:
-            log.exception("could not enqueue %s/%s; it will be sent again", job_id, slot)
-            continue
-        sent.append(slot)
-    if sent:
-        with session_scope(rt.sessions) as session:
-            repo.mark_dispatched(session, job_id=job_id, slots=sent)
 
 
 def cancel_job(rt: Runtime, job_id: str) -> None:
@@ -105,7 +92,8 @@ class JobOverview:
         """True when nothing about the job can change any more: it has ended, and so have
         all its slots and trials (a cancelled job's running trials end after it)."""
         return (self.job.status in TERMINAL_JOB_STATUSES
-                and all(state in repo.TERMINAL_SLOT_STATES for state in self.slots)
+                and all(repo.split_slot_key(key)[1] in repo.TERMINAL_SLOT_STATES
+                        for key in self.slots)
                 and not {"running", "waiting"} & self.study.counts.keys())
 
     @property
@@ -176,13 +164,29 @@ def _specs(rt: Runtime, session: Session, job_ids: list[str]) -> dict[str, JobCr
     return {job_id: spec for job_id, spec in specs.items() if spec is not None}
 
 
-def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], dict[str, int]]:
-    """A job, its trials and its slot states."""
+@dataclass(frozen=True)
+class JobDetail:
+    """What a job's report is built from."""
+
+    job: JobModel
+    records: list[TrialRecord]
+    runs: list[ConfirmRun]
+    warm: list[WarmSource]
+
+
+def job_detail(rt: Runtime, job_id: str) -> JobDetail:
+    """A job with its trials, confirmation runs and the jobs it learned from."""
+    job, records, runs = get_job(rt, job_id)
+    return JobDetail(job, records, runs, rt.studies.warm_start_sources(job.study_name))
+
+
+def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], list[ConfirmRun]]:
+    """A job, its trials and its confirmation runs."""
     with session_scope(rt.sessions) as session:
         job = repo.find_job_or_raise(session, job_id)
-        slots = repo.slot_states(session, job_id)
+        runs = repo.confirm_runs(session, job_id)
     records = rt.studies.records(job.study_name, JobCreate.model_validate(job.spec))
-    return job, records, slots
+    return job, records, runs
 
 
 def recover_lost_work(rt: Runtime) -> int:

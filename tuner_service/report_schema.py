@@ -51,7 +51,9 @@ class Improvement(BaseModel):
 class ComputeSpent(BaseModel):
     """What the job has cost so far."""
 
-    trial_epochs: int = Field(description="Epochs trained over all trials (pruned ones too)")
+    trial_epochs: int = Field(description="Epochs trained over all trials (pruned ones too) "
+                              "and confirmation runs")
+    confirm_epochs: int = Field(default=0, description="Of those, the confirmation runs'")
     worker_seconds: float = Field(description="Sum of trial durations; running trials so far")
     wall_seconds: float | None = Field(description="From the job's start to its end (or now)")
 
@@ -92,6 +94,53 @@ class Spread(BaseModel):
     explanation: str
 
 
+ConfirmationState = Literal["off", "searching", "running", "done", "stopped"]
+
+
+class ConfirmedConfig(BaseModel):
+    """A configuration re-trained with fresh seeds: its values over them, and where the search
+    found it."""
+
+    params: AdamParams
+    mean: float | None = Field(description="Mean over the seeds that completed")
+    sd: float | None = Field(description="Sample standard deviation; null below two values")
+    values: list[float] = Field(description="Each completed seed's value")
+    seeds: list[int] = Field(description="The seeds of those values")
+    source_trial: int | None = Field(description="The search trial it came from")
+    is_baseline: bool = Field(description="True for Adam's paper defaults")
+    search_value: float | None = Field(
+        description="Its search-time value (one run, with the search's seed)")
+    runs: int
+    runs_ended: int
+
+
+class ConfirmationSummary(BaseModel):
+    """Where confirmation stands, and how sure the recommendation is."""
+
+    state: ConfirmationState = Field(
+        description="off: not asked for (or auto on a small job); searching: the search still "
+        "runs; running: confirmation runs are under way; done; stopped: the job ended first")
+    top_k: int | None
+    seeds: int | None
+    test: Literal["welch_t"] = Field(
+        default="welch_t", description="Welch's t-test (two-sided, unequal variances) of the "
+        "recommendation's values against the paper defaults'")
+    p_value: float | None
+    larger_than_noise: bool | None = Field(
+        description="True when the recommendation beats the defaults by more than the seed "
+        "noise (p < 0.05)")
+    differs_from_search_best: bool | None = Field(
+        description="True when the recommendation is not the search's best trial")
+    statement: str | None
+
+
+class WarmStartSource(BaseModel):
+    """An earlier job whose completed trials the search started from."""
+
+    job_id: str
+    trials: int = Field(description="How many of its trials were copied")
+
+
 class ReportPublic(BaseModel):
     """The best-config report of a job (partial while it runs)."""
 
@@ -102,14 +151,28 @@ class ReportPublic(BaseModel):
     generated_at: datetime
     objective: Objective
     trial_counts: TrialCounts
-    best: BestTrial | None
+    recommended: ConfirmedConfig | None = Field(
+        description="The confirmed configuration with the best mean over fresh seeds; null "
+        "until confirmation is done (or when it is off: then use best)")
+    confirmed: list[ConfirmedConfig] = Field(
+        description="Every confirmed candidate, the paper defaults included")
+    confirmation: ConfirmationSummary
+    best: BestTrial | None = Field(description="The search-time best trial (one seed)")
     baseline: BaselineTrial | None
-    improvement: Improvement | None
+    improvement: Improvement | None = Field(
+        description="Over the paper defaults: from the confirmed means once confirmation is "
+        "done (see improvement_basis), else from the search-time values")
+    improvement_basis: Literal["confirmed_means", "search_values"] | None
+    search_improvement: Improvement | None = Field(
+        description="The search-time best over the search-time defaults trial")
     parameters: list[ParamSummary]
     compute: ComputeSpent
     best_found: BestFound | None
     top_k: list[RankedTrial]
     spread: Spread | None
+    warm_start: list[WarmStartSource] = Field(
+        description="The earlier jobs the search learned from (their trials are not counted "
+        "as this job's)")
     keras_snippet: str | None
     job_spec_yaml: str
     message: str | None

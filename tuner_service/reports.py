@@ -9,22 +9,28 @@ from datetime import UTC, datetime
 
 import yaml
 
+from tuner_service import confirmation as confirm
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
+from tuner_service.confirmation import ConfirmRun
 from tuner_service.db.models import JobModel
 from tuner_service.report_schema import (
     BaselineTrial,
     BestFound,
     ComputeSpent,
+    ConfirmationState,
+    ConfirmationSummary,
+    ConfirmedConfig,
     Improvement,
     ParamSummary,
     RankedTrial,
     ReportPublic,
     Spread,
     SpreadVerdict,
+    WarmStartSource,
 )
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, AdamParams, BestTrial, JobCreate
 from tuner_service.search_space import ParamRange
-from tuner_service.studies import TrialRecord
+from tuner_service.studies import TrialRecord, WarmSource
 from tuner_service.views import aware, best_trial, trial_counts
 
 DEFAULT_TOP_K = 5
@@ -33,8 +39,9 @@ DEFAULT_TOP_K = 5
 NEAR_BEST = 0.05
 
 
-def build_report(job: JobModel, records: Sequence[TrialRecord], *, top_k: int = DEFAULT_TOP_K,
-                 now: datetime | None = None) -> ReportPublic:
+def build_report(job: JobModel, records: Sequence[TrialRecord],
+                 runs: Sequence[ConfirmRun] = (), *, warm: Sequence[WarmSource] = (),
+                 top_k: int = DEFAULT_TOP_K, now: datetime | None = None) -> ReportPublic:
     """The report of a job; ``partial`` while it still runs."""
     now = now or datetime.now(UTC)
     spec = JobCreate.model_validate(job.spec)
@@ -42,6 +49,15 @@ def build_report(job: JobModel, records: Sequence[TrialRecord], *, top_k: int = 
     best = best_trial(records, minimize)
     baseline = _baseline(records)
     ranked = ranked_trials(records, minimize)
+    confirmed = confirm.confirmed(runs)
+    state = _confirmation_state(job, spec, confirmed)
+    chosen = confirm.recommend(confirmed, minimize) if state in ("done", "stopped") else None
+    defaults = next((c for c in confirmed if c.is_baseline and c.mean is not None), None)
+    comparison = (confirm.compare(chosen, defaults, minimize, spec.objective.metric)
+                  if chosen and defaults else None)
+    search_improvement = _improvement(best, baseline, minimize)
+    recommended = _confirmed_config(chosen) if chosen else None
+    snippet_params = recommended.params if recommended else best.params if best else None
     return ReportPublic(
         job_id=job.id,
         name=job.name,
@@ -50,15 +66,24 @@ def build_report(job: JobModel, records: Sequence[TrialRecord], *, top_k: int = 
         generated_at=now,
         objective=spec.objective,
         trial_counts=trial_counts(records),
+        recommended=recommended,
+        confirmed=[_confirmed_config(c) for c in confirmed],
+        confirmation=_confirmation_summary(spec, state, chosen, best, comparison),
         best=best,
         baseline=baseline,
-        improvement=_improvement(best, baseline, minimize),
+        improvement=(_confirmed_improvement(comparison, defaults) if comparison and defaults
+                     else search_improvement),
+        improvement_basis=("confirmed_means" if comparison else
+                           "search_values" if search_improvement else None),
+        search_improvement=search_improvement,
         parameters=_parameters(spec, best),
-        compute=_compute(job, records, now),
+        compute=_compute(job, records, runs, now),
         best_found=_best_found(job, records, best),
         top_k=ranked[:top_k],
         spread=_spread(ranked, top_k),
-        keras_snippet=keras_snippet(AdamConfig(**best.params.model_dump())) if best else None,
+        warm_start=[WarmStartSource(job_id=w.job_id, trials=w.trials) for w in warm],
+        keras_snippet=(keras_snippet(AdamConfig(**snippet_params.model_dump()))
+                       if snippet_params else None),
         job_spec_yaml=job_spec_yaml(spec),
         message=_message(job, best, baseline),
     )
@@ -133,11 +158,70 @@ def _parameters(spec: JobCreate, best: BestTrial | None) -> list[ParamSummary]:
     return summaries
 
 
-def _compute(job: JobModel, records: Sequence[TrialRecord], now: datetime) -> ComputeSpent:
+def _confirmation_state(job: JobModel, spec: JobCreate,
+                        confirmed: Sequence[confirm.Confirmed]) -> ConfirmationState:
+    if not confirmed:
+        if confirm.plan_for(spec) is None or job.status in TERMINAL_JOB_STATUSES:
+            return "off"
+        return "searching"
+    if all(c.ended == c.runs for c in confirmed):
+        return "done"
+    return "stopped" if job.status in TERMINAL_JOB_STATUSES else "running"
+
+
+def _confirmed_config(candidate: confirm.Confirmed) -> ConfirmedConfig:
+    return ConfirmedConfig(
+        params=AdamParams(**candidate.config.as_dict()), mean=candidate.mean, sd=candidate.sd,
+        values=list(candidate.values), seeds=list(candidate.seeds),
+        source_trial=candidate.source_trial, is_baseline=candidate.is_baseline,
+        search_value=candidate.search_value, runs=candidate.runs, runs_ended=candidate.ended)
+
+
+def _confirmation_summary(spec: JobCreate, state: ConfirmationState,
+                          chosen: confirm.Confirmed | None, best: BestTrial | None,
+                          comparison: confirm.Comparison | None) -> ConfirmationSummary:
+    plan = confirm.plan_for(spec)
+    differs = (chosen.source_trial != best.trial_number
+               if chosen is not None and best is not None else None)
+    statement = comparison.statement if comparison else _confirmation_note(state, chosen)
+    return ConfirmationSummary(
+        state=state,
+        top_k=plan.top_k if plan else None, seeds=plan.seeds if plan else None,
+        p_value=comparison.p_value if comparison else None,
+        larger_than_noise=comparison.larger_than_noise if comparison else None,
+        differs_from_search_best=differs, statement=statement)
+
+
+def _confirmation_note(state: ConfirmationState, chosen: confirm.Confirmed | None) -> str | None:
+    if state == "off":
+        return ("Not confirmed: the best is one search-time run (set confirm: {top_k, seeds} "
+                "to re-train the top configurations with fresh seeds).")
+    if state == "searching":
+        return "The top configurations are re-trained with fresh seeds when the search ends."
+    if state == "running":
+        return "Re-training the top configurations and the paper defaults with fresh seeds."
+    if chosen is None:
+        return "No confirmation run completed."
+    return "The paper defaults were not confirmed, so there is nothing to compare with."
+
+
+def _confirmed_improvement(comparison: confirm.Comparison, defaults: confirm.Confirmed
+                           ) -> Improvement:
+    base = defaults.mean or 0.0
+    relative = comparison.gain / abs(base) if base != 0 else None
+    return Improvement(absolute=comparison.gain, relative=relative,
+                       percent=100 * relative if relative is not None else None)
+
+
+def _compute(job: JobModel, records: Sequence[TrialRecord], runs: Sequence[ConfirmRun],
+             now: datetime) -> ComputeSpent:
     started, finished = aware(job.started_at), aware(job.finished_at)
     return ComputeSpent(
-        trial_epochs=sum(len(r.intermediate_values) for r in records),
-        worker_seconds=sum(_seconds_so_far(r, now) for r in records),
+        trial_epochs=(sum(len(r.intermediate_values) for r in records)
+                      + sum(len(r.history) for r in runs)),
+        confirm_epochs=sum(len(r.history) for r in runs),
+        worker_seconds=(sum(_seconds_so_far(r, now) for r in records)
+                        + sum(r.seconds(now) for r in runs)),
         wall_seconds=((finished or now) - started).total_seconds() if started else None,
     )
 

@@ -12,30 +12,42 @@ import fcntl
 import importlib.util
 import math
 import threading
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from tuner_service.adam import AdamConfig
 from tuner_service.schemas import JobCreate
 from tuner_service.search_space import (
+    SearchSpace,
     baseline_params,
     config_from_params,
+    optuna_distributions,
     suggest_config,
     to_optuna_params,
 )
-from tuner_service.study_tables import STATE_NAMES, StudyRow, fail_if_waiting, study_rows
+from tuner_service.study_tables import (
+    STATE_NAMES,
+    WARM_ATTR,
+    StudyRow,
+    fail_if_waiting,
+    insert_finished_trials,
+    own_complete_rows,
+    study_rows,
+)
 
 READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
 WORKER_ATTR = "worker"
 FAIL_REASON_ATTR = "fail_reason"
+WARM_SOURCES_ATTR = "warm_start"  # study attribute: [{"job_id": ..., "trials": n}, ...]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Optuna wraps database failures in StorageInternalError: infrastructure, not the trial's fault.
@@ -95,6 +107,25 @@ class StudySummary:
     fingerprint: tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class WarmTrial:
+    """A complete trial of an earlier job, as a new job's study copies it (warm start)."""
+
+    job_id: str
+    number: int
+    config: AdamConfig
+    value: float
+    intermediate_values: tuple[tuple[int, float], ...]  # (epoch, value)
+
+
+@dataclass(frozen=True)
+class WarmSource:
+    """An earlier job a study learned from, and how many of its trials it copied."""
+
+    job_id: str
+    trials: int
+
+
 def study_name_for(job_id: str) -> str:
     """Optuna study names are global in a storage: prefix ours."""
     return f"tuner-job-{job_id}"
@@ -111,7 +142,9 @@ def make_sampler(spec: JobCreate, seed: int) -> optuna.samplers.BaseSampler:
             raise SearchStopped("sampler 'gp' needs PyTorch on the workers: "
                                 "pip install 'tuner-service[gp]'")
         return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # Workers ask while others still train: the constant liar scores running trials as bad
+    # ones, so concurrent asks spread out instead of handing out near-duplicates.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def make_pruner(spec: JobCreate) -> optuna.pruners.BasePruner:
@@ -163,17 +196,33 @@ class StudyStore:
         self._studies.clear()
         self._readers.clear()
 
-    def create(self, study_name: str, spec: JobCreate) -> None:
-        """Create the job's study and enqueue the paper defaults, then the user's configs."""
+    def create(self, study_name: str, spec: JobCreate, warm: Sequence[WarmTrial] = (),
+               first: Sequence[AdamConfig] = ()) -> None:
+        """Create the job's study with the earlier trials it learns from (``warm``, each inside
+        the job's space), then enqueue the paper defaults, ``first`` and the user's configs."""
         study = optuna.create_study(
             storage=self.storage, study_name=study_name, direction=spec.objective.direction
         )
-        baseline = baseline_params(spec.search_space)
-        if baseline is not None:
-            study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
-        for partial in spec.enqueue:
-            values = partial.model_dump(exclude_none=True)
-            study.enqueue_trial(to_optuna_params(values, spec.search_space))
+        try:
+            self._copy(study_name, spec.search_space, warm)
+            _enqueue(study, spec, first)
+        except BaseException:
+            # Half a study would warm-start nothing and run the wrong trials: none at all.
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=study_name, storage=self.storage)
+            raise
+
+    def _copy(self, study_name: str, space: SearchSpace, warm: Sequence[WarmTrial]) -> None:
+        """Add the earlier jobs' trials as complete trials of the study (so the sampler and
+        the pruner learn from them), and name their jobs on the study."""
+        if not warm:
+            return
+        study_id = self.storage.get_study_id_from_name(study_name)
+        copies = [_copied_trial(trial, space) for trial in warm]
+        insert_finished_trials(self.storage.engine, study_id, copies)
+        sources = Counter(trial.job_id for trial in warm)
+        self.storage.set_study_user_attr(study_id, WARM_SOURCES_ATTR, [
+            {"job_id": job_id, "trials": n} for job_id, n in sources.items()])
 
     def delete(self, study_name: str) -> None:
         """Remove a study (used when the job that owns it could not be stored)."""
@@ -273,8 +322,25 @@ class StudyStore:
         return failed
 
     def records(self, study_name: str, spec: JobCreate) -> list[TrialRecord]:
-        """Every trial of a study as plain records, by number."""
-        return [_record(t, spec) for t in self._reader(study_name).get_trials(deepcopy=False)]
+        """Every trial the job ran (or will run) as plain records, by number: the trials it
+        copied from earlier jobs are theirs, and are left out."""
+        return [_record(t, spec) for t in self._reader(study_name).get_trials(deepcopy=False)
+                if WARM_ATTR not in t.user_attrs]
+
+    def own_complete_trials(self, job_id: str, study_name: str, spec: JobCreate
+                            ) -> list[WarmTrial]:
+        """A job's complete trials with a finite value, for another job to warm-start from;
+        the trials it copied itself are left out (in SQL: a study holding hundreds of
+        copies is not loaded to find its own few), so copies never compound."""
+        rows = own_complete_rows(self.storage.engine, study_name)
+        return [WarmTrial(job_id, row.number, config, row.value, row.intermediate_values)
+                for row in rows if (config := _config_or_none(row.params, spec)) is not None]
+
+    def warm_start_sources(self, study_name: str) -> list[WarmSource]:
+        """The earlier jobs a study learned from, in the order they were copied."""
+        study_id = self.storage.get_study_id_from_name(study_name)
+        stored = self.storage.get_study_user_attrs(study_id).get(WARM_SOURCES_ATTR, [])
+        return [WarmSource(source["job_id"], int(source["trials"])) for source in stored]
 
     def _reader(self, study_name: str) -> optuna.Study:
         """A cached Study for reading: Optuna's cache keeps finished trials and re-reads only
@@ -298,6 +364,46 @@ class StudyStore:
                 pruner=make_pruner(spec),
             )
         return self._studies[study_name]
+
+
+def _enqueue(study: optuna.Study, spec: JobCreate, first: Sequence[AdamConfig]) -> None:
+    """The trials to run first: the paper defaults, ``first``, then the user's."""
+    space = spec.search_space
+    baseline = baseline_params(space)
+    if baseline is not None:
+        study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
+    for config in first:
+        study.enqueue_trial(_fitted_params(config, space)[0])
+    for partial in spec.enqueue:
+        values = partial.model_dump(exclude_none=True)
+        study.enqueue_trial(to_optuna_params(values, space))
+
+
+def _copied_trial(trial: WarmTrial, space: SearchSpace) -> FrozenTrial:
+    params, distributions = _fitted_params(trial.config, space)
+    return optuna.trial.create_trial(
+        params=params, distributions=distributions, value=trial.value,
+        intermediate_values=dict(trial.intermediate_values),
+        user_attrs={WARM_ATTR: {"job_id": trial.job_id, "number": trial.number}},
+    )
+
+
+def _fitted_params(config: AdamConfig, space: SearchSpace
+                   ) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """The Optuna params of a configuration inside ``space`` and their distributions, each
+    value held within its distribution's bounds: ``SearchSpace.contains`` allows round-off
+    (and 1 - beta adds some) that Optuna would refuse or warn about."""
+    every = optuna_distributions(space)
+    params = to_optuna_params(config.as_dict(), space)
+    distributions = {name: every[name] for name in params}
+    fitted = {name: _within(value, distributions[name]) for name, value in params.items()}
+    return fitted, distributions
+
+
+def _within(value: Any, distribution: BaseDistribution) -> Any:
+    if isinstance(distribution, FloatDistribution):
+        return min(max(value, distribution.low), distribution.high)
+    return value
 
 
 def _summary(row: StudyRow, spec: JobCreate) -> StudySummary:

@@ -23,15 +23,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tuner_service import confirmation
 from tuner_service.adam import AdamConfig
 from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
+from tuner_service.dispatch import dispatch
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
-from tuner_service.studies import SearchStopped
+from tuner_service.studies import SearchStopped, TrialRecord
 
 log = logging.getLogger(__name__)
 LOST = "lost"  # report_epoch's answer when another delivery has taken the slot over
@@ -52,13 +55,23 @@ class Claim:
 
 @dataclass(frozen=True)
 class TrialTicket:
-    """What a worker needs to train one trial; plain data."""
+    """What a worker needs to train one trial; plain data.
+
+    A search slot's ticket has the Optuna trial ``number``; a confirm slot's has none (its
+    result goes to its confirmation run, not to the study) and a fresh ``init_seed``.
+    """
 
     claim: Claim
     study_name: str
-    number: int
+    number: int | None
     config: AdamConfig
     spec: JobCreate
+    init_seed: int | None = None
+
+    @property
+    def confirms(self) -> bool:
+        """True for a confirmation run."""
+        return self.number is None
 
     @property
     def job_id(self) -> str:
@@ -73,17 +86,20 @@ class TrialOutcome:
     state: str
     value: float | None = None
     reason: str | None = None
+    history: tuple[float, ...] = ()
 
 
 def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
                 worker: str = "") -> TrialTicket | None:
-    """Claim a slot and ask its job's study for a trial; None when there is nothing to run."""
+    """Claim a slot and ask its job's study for a trial (or, for a confirm slot, load its
+    run); None when there is nothing to run."""
     with session_scope(rt.sessions) as session:
         job = repo.find_job(session, job_id)
         if job is None:
             return None
         spec = JobCreate.model_validate(job.spec)
         study_name, status = job.study_name, job.status
+        kind = repo.slot_kind(session, job_id, slot)
     if status in TERMINAL_JOB_STATUSES:
         _close_unstarted(rt, job_id, study_name)
         return None
@@ -91,6 +107,8 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
     if claimed is None:
         return None
     claim, lost_number = claimed
+    if kind == repo.CONFIRM:
+        return _start_confirm_run(rt, claim, study_name, spec)
     if lost_number is not None and not _recover_lost_trial(rt, claim, study_name, lost_number):
         return None
     if _trial_epochs_spent(rt, study_name, spec):
@@ -110,10 +128,22 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
     return TrialTicket(claim, study_name, asked.number, asked.config, spec)
 
 
+def _start_confirm_run(rt: Runtime, claim: Claim, study_name: str, spec: JobCreate
+                       ) -> TrialTicket | None:
+    with session_scope(rt.sessions) as session:
+        run = repo.confirm_run(session, claim.job_id, claim.slot)
+        if run is None or not _update_slot(session, _owned_by(claim), heartbeat_at=utcnow()):
+            return None
+        repo.update_confirm_run(session, claim.job_id, claim.slot, state="running",
+                                started_at=utcnow(), history=[], value=None, error=None)
+    return TrialTicket(claim, study_name, None, run.config, spec, init_seed=run.seed)
+
+
 def _trial_epochs_spent(rt: Runtime, study_name: str, spec: JobCreate) -> bool:
-    """True when the job's trial-epoch budget leaves no room for another trial: the epochs
-    ended trials trained, plus a full trial for each one still running, reach it."""
-    budget = spec.budget.max_trial_epochs
+    """True when the search's trial-epoch budget leaves no room for another trial: the
+    epochs ended trials trained, plus a full trial for each one still running, reach it
+    (confirmation's share of max_trial_epochs is kept out of the search's)."""
+    budget = confirmation.search_epoch_budget(spec)
     if budget is None:
         return False
     records = rt.studies.records(study_name, spec)
@@ -259,6 +289,8 @@ def report_epoch(rt: Runtime, ticket: TrialTicket, epoch: int, value: float) -> 
         return LOST
     if status in TERMINAL_JOB_STATUSES:
         return f"job {status}"
+    if ticket.number is None:  # a confirmation run is never pruned: it must train to the end
+        return None
     prune = rt.studies.report(ticket.study_name, ticket.number, epoch, value)
     return "pruned" if prune else None
 
@@ -275,8 +307,15 @@ def finish_trial(rt: Runtime, ticket: TrialTicket, outcome: TrialOutcome) -> Non
     # "pruned" says nothing the state does not; other reasons ("job cancelled", "diverged: …")
     # are kept with the trial.
     reason = None if outcome.reason == "pruned" else outcome.reason
-    rt.studies.tell(ticket.study_name, ticket.number, outcome.state, outcome.value,
-                    reason=reason)
+    if ticket.number is None:
+        with session_scope(rt.sessions) as session:
+            repo.update_confirm_run(
+                session, ticket.job_id, ticket.claim.slot, state=outcome.state,
+                value=outcome.value if outcome.state == "complete" else None,
+                history=list(outcome.history), error=reason, finished_at=utcnow())
+    else:
+        rt.studies.tell(ticket.study_name, ticket.number, outcome.state, outcome.value,
+                        reason=reason)
     _end_slot(rt, ticket.claim, "done", None)
 
 
@@ -296,24 +335,50 @@ def _end_slot(rt: Runtime, claim: Claim, state: str, error: str | None) -> None:
 def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
     with session_scope(rt.sessions) as session:
         states = repo.slot_states(session, job_id)
-        if any(s not in repo.TERMINAL_SLOT_STATES for s in states):
+        if any(repo.split_slot_key(s)[1] not in repo.TERMINAL_SLOT_STATES for s in states):
             return
+        confirmed = any(repo.split_slot_key(s)[0] == repo.CONFIRM for s in states)
         job = repo.find_job_or_raise(session, job_id)
         spec = JobCreate.model_validate(job.spec)
-        study_name, status = job.study_name, job.status
+        study_name, status, n_trials = job.study_name, job.status, job.n_trials
     records = rt.studies.records(study_name, spec)
     # Every slot has ended, so no worker runs these: each worker died between asking for its
     # trial and recording it.
     fail_lost_trials(rt, study_name, [r.number for r in records if r.state == "running"])
     if status not in TERMINAL_JOB_STATUSES:
         if any(r.state == "complete" for r in records):
-            _set_final_status(rt, job_id, "succeeded", None)
+            if confirmed or not _start_confirmation(rt, job_id, n_trials, spec, records):
+                _set_final_status(rt, job_id, "succeeded", None)
         else:
             reasons = sorted({r.fail_reason for r in records if r.fail_reason})
             _set_final_status(rt, job_id, "failed", "no trial completed" + (
                 ": " + "; ".join(reasons[:3]) if reasons else ""))
     if any(r.state == "waiting" for r in records):
         rt.studies.fail_waiting(study_name, NEVER_RUN)
+
+
+def _start_confirmation(rt: Runtime, job_id: str, n_trials: int, spec: JobCreate,
+                        records: list[TrialRecord]) -> bool:
+    """The search has ended: queue the confirmation runs; False when there are none to run
+    (no plan, or nothing completed). Several workers may end the search's last slots at
+    once; the runs' keys make only one of them insert, and all of them return True."""
+    plan = confirmation.plan_for(spec)
+    if plan is None:
+        return False
+    candidates = confirmation.pick_candidates(records, spec, plan)
+    if not candidates:
+        return False
+    seeds = [confirmation.confirm_seed(spec.seed, i) for i in range(plan.seeds)]
+    try:
+        with session_scope(rt.sessions) as session:
+            slots = repo.add_confirm_runs(session, job_id=job_id, first_slot=n_trials,
+                                          candidates=candidates, seeds=seeds)
+    except IntegrityError:
+        return True  # another process queued them
+    log.info("job %s: search ended; confirming %d configurations on %d seeds", job_id,
+             len(candidates), len(seeds))
+    dispatch(rt, job_id, slots)
+    return True
 
 
 def _set_final_status(rt: Runtime, job_id: str, status: str, error: str | None) -> None:

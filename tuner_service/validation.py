@@ -6,6 +6,7 @@ from typing import Any
 
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES
 from tuner_service.config import Settings
+from tuner_service.confirmation import plan_problems
 from tuner_service.model_size import TrainingMemory, estimate_training_memory, format_bytes
 from tuner_service.schemas import JobCreate
 
@@ -30,7 +31,7 @@ def spec_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
             if value is not None and not spec.search_space.contains_value(name, value):
                 problems.append((("enqueue", index, name),
                                  f"{value} lies outside the search space of {name}"))
-    return problems + _size_problems(spec, settings)
+    return problems + plan_problems(spec) + _size_problems(spec, settings)
 
 
 def _size_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
@@ -63,3 +64,13 @@ def as_validation_errors(problems: list[Problem]) -> list[dict[str, Any]]:
         {"loc": ("body", *loc), "msg": message, "type": "value_error", "input": None}
         for loc, message in problems
     ]
+
+
+class SpecRefused(ValueError):
+    """Problems only the stored jobs can show (a ``warm_start`` naming a job that does not
+    exist), found by the use case before it writes anything; the API answers them with the
+    same 422 as ``spec_problems``."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems

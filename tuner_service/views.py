@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from tuner_service.adam import AdamConfig
-from tuner_service.db.repository import TERMINAL_SLOT_STATES
+from tuner_service.db.repository import CONFIRM, TERMINAL_SLOT_STATES, split_slot_key
 from tuner_service.jobs import JobOverview
 from tuner_service.schemas import (
     AdamParams,
     BestTrial,
+    ConfirmationProgress,
     JobPublic,
     TrialCounts,
     TrialPublic,
@@ -65,10 +66,21 @@ def job_public(overview: JobOverview) -> JobPublic:
         n_trials=job.n_trials,
         trials_ended=sum(n for state, n in overview.slots.items()
                          if state in TERMINAL_SLOT_STATES),
+        confirmation=_confirmation_progress(overview.slots),
         trial_counts=TrialCounts(**study.counts),
         best=_best(best.number, best.value, best.config) if best else None,
         spec=overview.spec,
     )
+
+
+def _confirmation_progress(slots: dict[str, int]) -> ConfirmationProgress | None:
+    runs = ended = 0
+    for key, count in slots.items():
+        kind, state = split_slot_key(key)
+        if kind == CONFIRM:
+            runs += count
+            ended += count if state in TERMINAL_SLOT_STATES else 0
+    return ConfirmationProgress(runs=runs, runs_ended=ended) if runs else None
 
 
 def trial_public(record: TrialRecord) -> TrialPublic:

@@ -51,7 +51,8 @@ def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome
 
     try:
         with trials.keep_alive(rt, ticket):
-            result = train(TrainSpec.from_job(ticket.spec), [ticket.config], [on_epoch])[0]
+            spec = TrainSpec.from_job(ticket.spec, init_seed=ticket.init_seed)
+            result = train(spec, [ticket.config], [on_epoch])[0]
     except INFRASTRUCTURE_ERRORS:
         raise
     except SetupError as error:  # no configuration can succeed: stop the search
@@ -63,4 +64,4 @@ def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome
         log.warning("trial %s of job %s failed", ticket.number, ticket.job_id, exc_info=True)
         last = traceback.format_exception_only(error)[-1].strip()
         return trials.TrialOutcome("fail", reason=f"training error: {last}"[:500])
-    return trials.TrialOutcome(result.state, result.value, result.reason)
+    return trials.TrialOutcome(result.state, result.value, result.reason, result.history)

@@ -39,13 +39,16 @@ class TrainSpec:
     batch_size: int
     metric: str
     seed: int
+    # Initial weights and batch order; None: ``seed``. Confirmation re-trains with fresh ones
+    # on the same split (which ``seed`` alone draws).
+    init_seed: int | None = None
 
     @classmethod
-    def from_job(cls, spec: JobCreate) -> TrainSpec:
+    def from_job(cls, spec: JobCreate, init_seed: int | None = None) -> TrainSpec:
         """The training part of a job spec."""
         return cls(model=spec.model, dataset=spec.dataset, epochs=spec.budget.epochs,
                    batch_size=spec.budget.batch_size, metric=spec.objective.metric,
-                   seed=spec.seed)
+                   seed=spec.seed, init_seed=init_seed)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _set_up(spec: TrainSpec) -> tuple[Dataset, keras.Model]:
         keras.backend.clear_session()
         # The same seed for every trial: each starts from the same weights and batch order,
         # so trials differ only in their Adam numbers.
-        keras.utils.set_random_seed(spec.seed)
+        keras.utils.set_random_seed(spec.seed if spec.init_seed is None else spec.init_seed)
         return data, build_model(spec.model, data.input_shape, data.n_classes)
     except OSError:
         raise  # a download or disk problem may pass: not a reason to stop the search

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Our Alembic revision lives here; Optuna keeps its own in ``alembic_version``.
@@ -62,6 +72,8 @@ class TrialSlotModel(Base):
         ForeignKey("tuner_jobs.id", ondelete="CASCADE"), primary_key=True
     )
     slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # "search": asks the study for a trial; "confirm": re-trains a candidate (ConfirmRunModel).
+    kind: Mapped[str] = mapped_column(String(8), default="search", server_default="search")
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -69,4 +81,28 @@ class TrialSlotModel(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ConfirmRunModel(Base):
+    """One confirmation run: a candidate configuration re-trained with a fresh seed, carried
+    out by the confirm slot of the same number."""
+
+    __tablename__ = "tuner_confirm_runs"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("tuner_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    candidate: Mapped[int] = mapped_column(Integer)
+    is_baseline: Mapped[bool] = mapped_column(Boolean)
+    source_trial: Mapped[int | None] = mapped_column(Integer, default=None)
+    search_value: Mapped[float | None] = mapped_column(Float, default=None)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    history: Mapped[list[float]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
-from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
+from tuner_service.adam import AdamConfig
+from tuner_service.confirmation import Candidate, ConfirmRun
+from tuner_service.db.models import ConfirmRunModel, JobModel, TrialSlotModel, utcnow
 
 TERMINAL_SLOT_STATES = ("done", "cancelled", "failed")
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_job makes them
@@ -29,10 +31,11 @@ def add_job(session: Session, *, job: JobModel) -> None:
 # Built once: building a SQLAlchemy statement cost more than running it on a status poll.
 _JOB_BY_ID = select(JobModel).where(JobModel.id == bindparam("job_id"))
 _SLOT_STATES = (
-    select(TrialSlotModel.job_id, TrialSlotModel.state, func.count())
+    select(TrialSlotModel.job_id, TrialSlotModel.kind, TrialSlotModel.state, func.count())
     .where(TrialSlotModel.job_id.in_(bindparam("job_ids", expanding=True)))
-    .group_by(TrialSlotModel.job_id, TrialSlotModel.state)
+    .group_by(TrialSlotModel.job_id, TrialSlotModel.kind, TrialSlotModel.state)
 )
+SEARCH, CONFIRM = "search", "confirm"
 
 
 def find_job(session: Session, job_id: str) -> JobModel | None:
@@ -89,6 +92,44 @@ def job_specs(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]
     return {job_id: spec for job_id, spec in rows}
 
 
+class StoredSpec(NamedTuple):
+    """A job's id, study name and stored spec (JSON)."""
+
+    job_id: str
+    study_name: str
+    spec: dict[str, Any]
+
+
+_STORED_SPEC = select(JobModel.id, JobModel.study_name, JobModel.spec)
+_SPEC = JobModel.__table__.c.spec
+
+
+def stored_specs(session: Session, job_ids: list[str]) -> list[StoredSpec]:
+    """These jobs' ids, study names and specs (those that exist)."""
+    if not job_ids:
+        return []
+    rows = session.execute(_STORED_SPEC.where(JobModel.id.in_(job_ids)))
+    return [StoredSpec(*row) for row in rows]
+
+
+def recent_specs_on(session: Session, *, model: str, dataset: str, epochs: int, limit: int
+                    ) -> list[StoredSpec]:
+    """Newest first, at most ``limit``: the jobs training this built-in model on this
+    built-in data set for this many epochs. A coarse filter in SQL (JSON paths work on SQLite
+    and PostgreSQL alike); callers compare the rest of the specs."""
+    # Once jobs have owners, only the submitter's own jobs: a keyword-only ``owner`` argument,
+    # filtered here in SQL like the rest.
+    rows = session.execute(
+        _STORED_SPEC
+        .where(_SPEC[("model", "builtin")].as_string() == model,
+               _SPEC[("dataset", "builtin")].as_string() == dataset,
+               _SPEC[("budget", "epochs")].as_integer() == epochs)
+        .order_by(JobModel.created_at.desc(), JobModel.id)
+        .limit(limit)
+    )
+    return [StoredSpec(*row) for row in rows]
+
+
 def slot_key(job_id: str, slot: int) -> ColumnElement[bool]:
     """The condition that selects one slot of a job."""
     return (TrialSlotModel.job_id == job_id) & (TrialSlotModel.slot == slot)
@@ -100,19 +141,85 @@ def find_slot(session: Session, job_id: str, slot: int) -> TrialSlotModel | None
 
 
 def slot_states(session: Session, job_id: str) -> dict[str, int]:
-    """How many of a job's slots are in each state."""
+    """How many of a job's slots are in each state (see ``slot_states_of``)."""
     return slot_states_of(session, [job_id]).get(job_id, {})
 
 
 def slot_states_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, int]]:
-    """How many slots of each job are in each state, for many jobs in one query."""
+    """How many slots of each job are in each state, for many jobs in one query. Search
+    slots count under their state ("done"), confirm slots under "confirm:<state>"."""
     if not job_ids:
         return {}
     rows = session.execute(_SLOT_STATES, {"job_ids": job_ids})
     states: dict[str, dict[str, int]] = {}
-    for job_id, state, count in rows:
-        states.setdefault(job_id, {})[state] = count
+    for job_id, kind, state, count in rows:
+        key = state if kind == SEARCH else f"{kind}:{state}"
+        states.setdefault(job_id, {})[key] = count
     return states
+
+
+def split_slot_key(key: str) -> tuple[str, str]:
+    """(kind, state) of a ``slot_states_of`` key."""
+    kind, _, state = key.rpartition(":")
+    return kind or SEARCH, state
+
+
+def slot_kind(session: Session, job_id: str, slot: int) -> str | None:
+    """Whether a slot searches or confirms; None when there is no such slot."""
+    return session.scalar(select(TrialSlotModel.kind).where(slot_key(job_id, slot)))
+
+
+def add_confirm_runs(session: Session, *, job_id: str, first_slot: int,
+                     candidates: list[Candidate], seeds: list[int]) -> list[int]:
+    """A confirm slot and its run for each (candidate, seed); returns the slot numbers. Two
+    processes that both try insert the same keys: the loser's commit fails."""
+    slots = []
+    for index, (candidate, seed) in enumerate(
+            (c, s) for c in range(len(candidates)) for s in seeds):
+        number = first_slot + index
+        chosen = candidates[candidate]
+        session.add(TrialSlotModel(job_id=job_id, slot=number, kind=CONFIRM))
+        session.add(ConfirmRunModel(
+            job_id=job_id, slot=number, candidate=candidate, is_baseline=chosen.is_baseline,
+            source_trial=chosen.source_trial, search_value=chosen.search_value,
+            params=chosen.config.as_dict(), seed=seed, state="waiting", history=[]))
+        slots.append(number)
+    session.flush()
+    return slots
+
+
+def confirm_runs(session: Session, job_id: str) -> list[ConfirmRun]:
+    """A job's confirmation runs, by slot."""
+    rows = session.scalars(select(ConfirmRunModel).where(ConfirmRunModel.job_id == job_id)
+                           .order_by(ConfirmRunModel.slot))
+    return [_confirm_run(row) for row in rows]
+
+
+def confirm_run(session: Session, job_id: str, slot: int) -> ConfirmRun | None:
+    """One confirmation run."""
+    row = session.get(ConfirmRunModel, (job_id, slot))
+    return _confirm_run(row) if row is not None else None
+
+
+def _confirm_run(row: ConfirmRunModel) -> ConfirmRun:
+    return ConfirmRun(
+        slot=row.slot, candidate=row.candidate, is_baseline=row.is_baseline,
+        source_trial=row.source_trial, search_value=row.search_value,
+        config=AdamConfig(**row.params), seed=row.seed, state=row.state, value=row.value,
+        history=tuple(row.history or ()), error=row.error,
+        started_at=_utc(row.started_at), finished_at=_utc(row.finished_at))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
+
+def update_confirm_run(session: Session, job_id: str, slot: int, **values: Any) -> None:
+    """Write a run's state or outcome (the caller has checked it owns the slot)."""
+    session.execute(update(ConfirmRunModel)
+                    .where(ConfirmRunModel.job_id == job_id, ConfirmRunModel.slot == slot)
+                    .values(**values).execution_options(synchronize_session=False))
 
 
 def mark_dispatched(session: Session, *, job_id: str, slots: list[int]) -> None:

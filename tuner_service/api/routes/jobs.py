@@ -22,7 +22,7 @@ from tuner_service.schemas import (
     TrialsPublic,
     TrialState,
 )
-from tuner_service.validation import as_validation_errors, spec_problems
+from tuner_service.validation import SpecRefused, as_validation_errors, spec_problems
 from tuner_service.views import job_public, trial_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON)
@@ -36,7 +36,10 @@ def submit_job(spec: JobCreate, rt: RuntimeDep) -> Response:
     problems = spec_problems(spec, rt.settings)
     if problems:
         raise RequestValidationError(as_validation_errors(problems))
-    job = jobs.submit_job(rt, spec)
+    try:
+        job = jobs.submit_job(rt, spec)
+    except SpecRefused as refused:
+        raise RequestValidationError(as_validation_errors(refused.problems)) from None
     return Response(_job_json(rt, jobs.job_overview(rt, job.id)), status_code=201,
                     media_type="application/json")
 
@@ -119,8 +122,9 @@ def get_report(
     overview = jobs.job_overview(rt, job_id, fingerprint=True)
 
     def render() -> bytes:
-        job, records, _ = jobs.get_job(rt, job_id)
-        return build_report(job, records, top_k=top_k).model_dump_json().encode("utf-8")
+        d = jobs.job_detail(rt, job_id)
+        report = build_report(d.job, d.records, d.runs, warm=d.warm, top_k=top_k)
+        return report.model_dump_json().encode("utf-8")
 
     rendered = rt.reports.get_or_render(("json", job_id, top_k), overview.fingerprint, render)
     return rendered_response(request, rendered, "application/json")

@@ -49,9 +49,9 @@ def report_page(job_id: str, rt: RuntimeDep, request: Request, top_k: TopK = DEF
 
 def _report_html(rt: Runtime, overview: jobs.JobOverview, top_k: int, *,
                  standalone: bool = False, nonce: str | None = None) -> str:
-    job, records, _ = jobs.get_job(rt, overview.job.id)
-    report = build_report(job, records, top_k=top_k)
-    plots = report_plots(report, records, overview.spec)
+    d = jobs.job_detail(rt, overview.job.id)
+    report = build_report(d.job, d.records, d.runs, warm=d.warm, top_k=top_k)
+    plots = report_plots(report, d.records, overview.spec)
     return render_report(report, job_public(overview), plots, standalone=standalone,
                          csp_nonce=nonce)
 
