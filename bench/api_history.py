@@ -43,6 +43,8 @@ def job_spec(rng: random.Random, k: int) -> JobCreate:
         "budget": {"n_trials": rng.randint(20, 200), "epochs": EPOCHS},
         "sampler": rng.choice(["tpe", "tpe", "tpe", "random", "cmaes"]),
         "pruner": rng.choice(["median", "median", "median", "hyperband", "none"]), "seed": k,
+        # The history's studies are filled by the bench itself, trial by trial.
+        "warm_start": "off",
     })
 
 

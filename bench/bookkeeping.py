@@ -36,7 +36,8 @@ def main() -> None:
     rt = build_runtime(settings)
     spec = JobCreate.model_validate({
         "model": {"builtin": "logistic_regression"}, "dataset": {"builtin": "digits"},
-        "budget": {"n_trials": args.trials, "epochs": args.epochs}, "pruner": "none"})
+        "budget": {"n_trials": args.trials, "epochs": args.epochs}, "pruner": "none",
+        "confirm": False, "warm_start": "off"})
     job = jobs.submit_job(rt, spec)
     spent = {"start_trial": 0.0, "report_epochs": 0.0, "finish_trial": 0.0}
     for slot in range(args.trials):

@@ -39,6 +39,8 @@ def job_spec(trials: int, epochs: int, seed: int) -> dict[str, Any]:
     spec = yaml.safe_load(EXAMPLE_SPEC.read_text())
     spec["budget"].update(n_trials=trials, epochs=epochs)
     spec["seed"] = seed
+    # Trial for trial against study.optimize: no confirmation runs, no trials of earlier runs.
+    spec.update(confirm=False, warm_start="off")
     return dict(spec)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -27,6 +28,8 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Every task's share of the data that no method searches on (re-scoring measures on it).
+HOLDOUT = 0.2
 # The typical ranges of the design notes (adam.md), as (low, high).
 LR, EPSILON, DECAY = (1e-5, 1e-1), (1e-10, 1.0), (1e-6, 1e-2)
 BETA_1, BETA_2 = (0.5, 0.999), (0.9, 0.9999)
@@ -35,14 +38,16 @@ _DIVERGED_AT = re.compile(r"^diverged: .* at epoch (\d+)")
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark problem: a built-in model on digits, and a budget of trial-epochs."""
+    """One benchmark problem: a built-in model on digits (less its holdout), and a budget of
+    trial-epochs."""
 
     name: str
     model: dict[str, Any]
     epochs: int
     n_trials: int
     batch_size: int = 32
-    dataset: dict[str, Any] = field(default_factory=lambda: {"builtin": "digits"})
+    dataset: dict[str, Any] = field(
+        default_factory=lambda: {"builtin": "digits", "holdout": HOLDOUT})
     note: str = ""
 
     @property
@@ -76,6 +81,17 @@ class TrialLog:
     def value(self) -> float | None:
         """The trial's result, or None when it stopped early or diverged."""
         return self.values[-1] if self.full and self.values else None
+
+
+def sig6(value: float) -> float:
+    """``value`` to 6 significant digits, as the JSON lines keep numbers."""
+    return float(f"{value:.6g}")
+
+
+def counted(logs: list[TrialLog], budget: int) -> list[TrialLog]:
+    """The trials, in the order they ended, that ended within ``budget`` trial-epochs."""
+    ends = itertools.accumulate(log.epochs for log in logs)
+    return [log for log, end in zip(logs, ends, strict=True) if end <= budget]
 
 
 def epochs_spent(n_values: int, state: str, reason: str | None) -> int:
@@ -114,7 +130,8 @@ def import_keras() -> None:
     warnings.filterwarnings("ignore", module="keras_tuner")
 
 
-def _train_spec(task: Task, seed: int) -> Any:
+def train_spec(task: Task, seed: int) -> Any:
+    """The worker's TrainSpec of the task's minimal job (``workers.training.TrainSpec``)."""
     from tuner_service.schemas import JobCreate
     from workers.training import TrainSpec
 
@@ -132,7 +149,7 @@ def run_defaults(task: Task, seed: int, options: dict[str, Any]) -> list[TrialLo
     from tuner_service.adam import PAPER_DEFAULTS
     from workers.training import train
 
-    (result,) = train(_train_spec(task, seed), [PAPER_DEFAULTS], [lambda e, v: None])
+    (result,) = train(train_spec(task, seed), [PAPER_DEFAULTS], [lambda e, v: None])
     return [_log(result, PAPER_DEFAULTS)]
 
 
@@ -147,7 +164,7 @@ def _run_study(study: Any, sample: Sample, task: Task, seed: int,
 
     from workers.training import train
 
-    spec, logs = _train_spec(task, seed), []
+    spec, logs = train_spec(task, seed), []
     while sum(log.epochs for log in logs) < task.budget:
         trial = study.ask()
 

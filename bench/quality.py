@@ -10,8 +10,16 @@ service end to end with one worker, its default sampler, pruner and search space
 Budget B = n_trials x epochs trial-epochs. Each method runs until it has spent >= B (a pruned
 trial costs the epochs it ran); its trials are then replayed in the order they finished and a
 trial counts only if it ended within B. A trial's value is its val_loss at the last epoch, and
-only trials that trained every epoch have one. Prints one JSON line per (task, method, seed),
-then one summary line per task; a table goes to stderr.
+only trials that trained every epoch have one. That is the search-time view.
+
+The re-scored view (``bench/rescore.py``): every task's data set keeps a holdout no method
+searches on. Each run names its recommendation (a peer: its best full trial within B;
+``defaults``: the paper defaults; the service: its report's ``recommended`` configuration, or
+its best trial where the report has none), which is re-trained with seeds no method saw and
+scored by its cross-entropy on the holdout. The service's budget includes its confirmation.
+
+Prints one JSON line per (task, method, seed), then one summary line per task; a table goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -19,11 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,11 +49,21 @@ from bench.peers import (  # noqa: E402
     PEERS,
     Task,
     TrialLog,
+    counted,
     epochs_spent,
     import_keras,
     merge,
+    sig6,
 )
-from bench.quality_report import median_curve, text_table, write_docs  # noqa: E402
+from bench.quality_report import text_table, write_docs  # noqa: E402
+from bench.quality_summary import summarize  # noqa: E402
+from bench.rescore import (  # noqa: E402
+    Recommendation,
+    best_trial,
+    from_report,
+    paper_defaults,
+    rescored_fields,
+)
 
 TASKS = {task.name: task for task in [
     Task("digits_logreg", {"builtin": "logistic_regression"}, epochs=10, n_trials=20,
@@ -94,15 +110,18 @@ def service_stack() -> Iterator[httpx.Client]:
 
 
 def run_service(client: httpx.Client, task: Task, seed: int,
-                overrides: dict[str, Any]) -> list[TrialLog]:
-    """Submit the minimal job over HTTP with the budget in trial-epochs, wait for its end.
+                overrides: dict[str, Any]) -> tuple[list[TrialLog], dict[str, Any]]:
+    """Submit the minimal job over HTTP with the budget in trial-epochs, wait for its end;
+    its trials and its report.
 
     ``budget.max_trial_epochs`` = B: pruned trials hand their unused epochs to more trials and
-    the service stops starting trials once B is spent; n_trials = B only caps the count (every
-    trial costs at least one epoch). Overrides may change either.
+    the service stops starting trials once B is spent, its confirmation included; n_trials = B
+    only caps the count (every trial costs at least one epoch). Overrides may change either.
     """
     budget = {"n_trials": task.budget, "max_trial_epochs": task.budget}
-    raw = merge(merge(task.job_spec(seed), {"budget": budget}), overrides)
+    # No warm start: each seed's job must learn alone, as each peer run does (the jobs of one
+    # task share the model and data, so ``auto`` would hand later seeds the earlier trials).
+    raw = merge(merge(task.job_spec(seed), {"budget": budget, "warm_start": "off"}), overrides)
     answer = client.post("/v1/jobs", json=raw)
     if answer.status_code != 201:
         raise SystemExit(f"the service refused the job: {answer.text}")
@@ -111,8 +130,9 @@ def run_service(client: httpx.Client, task: Task, seed: int,
         time.sleep(POLL_S)
     trials = client.get(f"/v1/jobs/{job_id}/trials").json()["items"]
     ended = sorted((t for t in trials if t["finished_at"]), key=lambda t: t["finished_at"])
-    return [TrialLog(_cost(t), tuple(t["intermediate_values"]), t["state"] == "complete",
+    logs = [TrialLog(_cost(t), tuple(t["intermediate_values"]), t["state"] == "complete",
                      t["params"]) for t in ended]
+    return logs, client.get(f"/v1/jobs/{job_id}/report").json()
 
 
 def _cost(trial: dict[str, Any]) -> int:
@@ -124,10 +144,8 @@ def best_so_far(logs: list[TrialLog], budget: int) -> list[tuple[int, float]]:
     """(trial-epochs, best value) each time the best improves, counting trials ended by B."""
     points: list[tuple[int, float]] = []
     spent = 0
-    for log in logs:
+    for log in counted(logs, budget):
         spent += log.epochs
-        if spent > budget:
-            break
         if log.value is not None and (not points or log.value < points[-1][1]):
             points.append((spent, log.value))
     return points
@@ -135,72 +153,24 @@ def best_so_far(logs: list[TrialLog], budget: int) -> list[tuple[int, float]]:
 
 def run_line(task: Task, method: str, seed: int, logs: list[TrialLog],
              seconds: float) -> dict[str, Any]:
-    """The JSON record of one run: best at B, budget use, curve and every trial."""
+    """The JSON record of one run: best at B, budget use, curve and every trial (the
+    re-scored fields come from ``rescored_fields``)."""
     curve = best_so_far(logs, task.budget)
     ends = [sum(log.epochs for log in logs[: i + 1]) for i in range(len(logs))]
     return {
         "task": task.name, "method": method, "seed": seed, "budget": task.budget,
-        "best": curve[-1][1] if curve else None,
+        # Rounded as the curve is, so that a method's curve reaches its own best.
+        "best": sig6(curve[-1][1]) if curve else None,
         "spent": ends[-1] if ends else 0,
         "used": max([end for end in ends if end <= task.budget], default=0),
         "n_trials": len(logs), "n_full": sum(log.full for log in logs),
         "seconds": round(seconds, 1),
-        "curve": [[epochs, _round(best)] for epochs, best in curve],
+        "curve": [[epochs, sig6(best)] for epochs, best in curve],
         "trials": [{"epochs": log.epochs, "full": log.full,
-                    "values": [_round(v) for v in log.values],
-                    "params": {k: _round(v) for k, v in (log.params or {}).items()} or None}
+                    "values": [sig6(v) for v in log.values],
+                    "params": {k: sig6(v) for k, v in (log.params or {}).items()} or None}
                    for log in logs],
     }
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}")
-
-
-def summarize(task: Task, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per task: medians, the best peer, and each method's ratio and budget fraction to it.
-
-    ``service_ratio`` and ``budget_fraction_to_match`` at the top level are those of the first
-    service variant (``service`` unless a label renamed it); ``methods`` has them for all.
-    """
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        by_method.setdefault(run["method"], []).append(run)
-    medians = {m: statistics.median(_value(r) for r in rs) for m, rs in by_method.items()}
-    peers = {m: v for m, v in medians.items() if m in PEER_METHODS}
-    best_peer = min(peers, key=lambda m: peers[m]) if peers else None
-    target = peers.get(best_peer) if best_peer else None
-    methods = {m: {"median": _json_float(medians[m]),
-                   **_against(by_method[m], medians[m], target, task.budget)}
-               for m in sorted(by_method, key=lambda m: (m.startswith("service"), m))}
-    services = [m for m in methods if m.startswith("service")]
-    first = methods[services[0]] if services else {}
-    return {"task": task.name, "summary": True, "budget": task.budget,
-            "seeds": sorted({r["seed"] for r in runs}), "best_peer": best_peer,
-            "best_peer_median": _json_float(target), "service": services[0] if services else None,
-            "service_ratio": first.get("ratio"),
-            "budget_fraction_to_match": first.get("budget_fraction_to_match"),
-            "methods": methods}
-
-
-def _against(runs: list[dict[str, Any]], median: float, target: float | None,
-             budget: int) -> dict[str, Any]:
-    """Median over the best peer's, and the first fraction of B where the median curve gets
-    there (None: never within B)."""
-    if target is None:
-        return {"ratio": None, "budget_fraction_to_match": None}
-    curve = median_curve(runs, budget)
-    reached = next((b for b, best in enumerate(curve, start=1) if best <= target), None)
-    return {"ratio": _json_float(median / target),
-            "budget_fraction_to_match": round(reached / budget, 3) if reached else None}
-
-
-def _value(run: dict[str, Any]) -> float:
-    return math.inf if run["best"] is None else float(run["best"])
-
-
-def _json_float(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else _round(value)
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -239,22 +209,32 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             for seed in args.seeds:
                 for method in args.methods:
                     start = time.perf_counter()
-                    logs = _run_method(method, task, seed, args, client)
+                    logs, recommendation, extra = _run_method(method, task, seed, args,
+                                                              client)
                     name = f"{method}:{args.label}" if args.label and \
                         method.startswith("service") else method
                     line = run_line(task, name, seed, logs, time.perf_counter() - start)
+                    line.update(extra, **rescored_fields(task, seed, recommendation))
                     lines.append(line)
                     print(json.dumps(line), flush=True)
     return lines
 
 
 def _run_method(method: str, task: Task, seed: int, args: argparse.Namespace,
-                client: httpx.Client | None) -> list[TrialLog]:
+                client: httpx.Client | None
+                ) -> tuple[list[TrialLog], Recommendation | None, dict[str, Any]]:
+    """The method's trials, the configuration it recommends, and (the service only) what its
+    report says of its compute and confirmation, which its trial list does not show."""
     if method == "service":
         assert client is not None
-        return run_service(client, task, seed, args.service_spec_overrides)
+        logs, report = run_service(client, task, seed, args.service_spec_overrides)
+        extra = {"report_trial_epochs": report["compute"]["trial_epochs"],
+                 "confirmation_state": (report.get("confirmation") or {}).get("state")}
+        return logs, from_report(report), extra
     options = dict(args.inproc_options, spec=args.service_spec_overrides)
-    return PEERS[method](task, seed, options)
+    logs = PEERS[method](task, seed, options)
+    recommendation = paper_defaults() if method == "defaults" else best_trial(logs, task.budget)
+    return logs, recommendation, {}
 
 
 def load_lines(paths: list[Path]) -> list[dict[str, Any]]:
