@@ -173,7 +173,7 @@ def test_max_trial_epochs_keeps_confirmation_s_share_out_of_the_search(
 
 
 @pytest.mark.parametrize(("trials_", "expected"), [
-    (9, None), (10, (2, 2)), (20, (2, 2)), (40, (3, 2)), (60, (5, 2)), (150, (5, 3))])
+    (10, None), (19, None), (20, (2, 2)), (40, (3, 2)), (60, (5, 2)), (150, (5, 3))])
 def test_auto_spends_about_a_fifth_of_the_budget(trials_: int,
                                                  expected: tuple[int, int] | None) -> None:
     plan = confirmation.plan_for(_spec(confirm="auto", budget={"n_trials": trials_}))

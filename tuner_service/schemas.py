@@ -160,7 +160,7 @@ class JobCreate(_Strict):
         default="auto",
         description="When the search ends, re-train its top_k distinct configurations and the "
         "paper defaults with `seeds` fresh seeds each, and recommend the best mean. `auto` "
-        "spends about 20 % of the budget (off below 10 trials); false turns it off.",
+        "spends about 20 % of the budget (off below 20 trials); false turns it off.",
     )
     warm_start: Literal["auto", "off"] | Annotated[list[JobId], Field(max_length=50)] = Field(
         default="auto",
