@@ -138,6 +138,21 @@ def test_cancel_during_confirmation_keeps_what_ran(runtime: Runtime, client: Tes
     assert job["confirmation"] == {"runs": 6, "runs_ended": 6}
 
 
+def test_a_confirm_run_whose_worker_is_lost_every_time_fails_and_the_job_ends(
+    runtime: Runtime, client: TestClient
+) -> None:
+    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 1})).id
+    _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
+    _run(runtime, job_id, 5, 0.8)  # the defaults' run
+    for attempt in range(runtime.settings.max_trial_attempts):
+        assert trials.start_trial(runtime, job_id, 4, "same-task") is not None, attempt
+    assert trials.start_trial(runtime, job_id, 4, "same-task") is None
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    assert report["status"] == "succeeded" and report["confirmation"]["state"] == "done"
+    assert report["confirmed"][0]["runs_ended"] == 1 and report["confirmed"][0]["values"] == []
+    assert report["recommended"]["is_baseline"] is True
+
+
 def test_finishing_the_search_twice_queues_the_runs_once(runtime: Runtime) -> None:
     job_id = jobs.submit_job(runtime, _spec()).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])

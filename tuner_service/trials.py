@@ -247,6 +247,9 @@ def _give_up(rt: Runtime, slot: TrialSlotModel) -> None:
                              & (TrialSlotModel.attempts == slot.attempts)
                              & TrialSlotModel.state.in_(("queued", "running")),
                              state="failed", error=reason, finished_at=utcnow())
+        if ended and slot.kind == repo.CONFIRM:
+            repo.update_confirm_run(session, slot.job_id, slot.slot, state="fail",
+                                    error=reason, finished_at=utcnow())
     if not ended:
         return
     if slot.trial_number is not None:
