@@ -17,10 +17,12 @@ from typer.testing import CliRunner
 
 from tests.conftest import http_server, settings_env
 from tests.servers import free_port
+from tuner_service import jobs
 from tuner_service.cli import EXAMPLE_SPEC, app, host_hint, load_yaml
 from tuner_service.client import TunerClient
 from tuner_service.config import LOOPBACK_HOSTS, Settings
 from tuner_service.embedded import WORKER_LOG_MAX_BYTES, open_worker_log
+from tuner_service.runtime import Runtime
 
 runner = CliRunner()
 
@@ -239,3 +241,23 @@ def test_the_worker_log_is_appended_to_and_rotated_when_large(tmp_path: Path) ->
         pass
     assert path.with_name("workers.log.1").stat().st_size == WORKER_LOG_MAX_BYTES + 1
     assert path.read_text().startswith("--- tuner up, ")
+
+
+def test_status_and_report_show_the_confirmation(server_url: str, runtime: Runtime) -> None:
+    from tests.test_confirmation import _run, _search, _spec
+
+    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 2})).id
+    _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
+    status = runner.invoke(app, ["status", job_id, "--url", server_url])
+    assert status.exit_code == 0 and "0/4 confirmation runs ended" in status.output
+    for slot, value in zip(range(4, 8), [0.21, 0.23, 0.9, 0.92], strict=True):
+        _run(runtime, job_id, slot, value)
+    report = runner.invoke(app, ["report", job_id, "--url", server_url])
+    assert report.exit_code == 0, report.output
+    text = " ".join(report.output.split())  # rich wraps at the terminal's width
+    assert "recommended" in text and "(confirmed)" in text and "0.22 ±" in text
+    assert "Welch's t-test: p =" in text and "larger than the seed noise" in text
+    assert "improvement over the paper defaults (confirmed means)" in text
+    assert "re-run it with another seed" not in text  # the service did
+    # The snippet is printed unwrapped, so that it pastes as it is.
+    assert "decay_steps=1, decay_rate=" in report.output

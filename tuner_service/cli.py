@@ -218,12 +218,20 @@ def wait_for(url: str | None, job_id: str, poll_s: float = 1.0) -> dict[str, Any
         bar = progress.add_task("trials", total=job["n_trials"], best="")
         while True:
             best = job.get("best")
-            progress.update(bar, completed=job["trials_ended"], description=job["status"],
+            progress.update(bar, completed=job["trials_ended"], description=_phase(job),
                             best=f"best {best['value']:.4g}" if best else "")
             if job["status"] in TERMINAL_JOB_STATUSES:
                 return job
             time.sleep(poll_s)
             job = _job_patiently(client, job_id)
+
+
+def _phase(job: dict[str, Any]) -> str:
+    """The status, and while the search's winners are re-trained, how far that is."""
+    confirm = job.get("confirmation")
+    if job["status"] == "running" and confirm:
+        return f"confirming {confirm['runs_ended']}/{confirm['runs']}"
+    return str(job["status"])
 
 
 def _job_patiently(client: TunerClient, job_id: str, patience_s: float = 300.0
@@ -267,8 +275,11 @@ def status(job_id: str, url: UrlOption = None,
     if as_json:
         console.print_json(json.dumps(job))
         return
+    confirm = job.get("confirmation")
+    confirming = (f", {confirm['runs_ended']}/{confirm['runs']} confirmation runs ended"
+                  if confirm else "")
     console.print(f"[bold]{job['name']}[/bold] {job['id']}: {job['status']}, "
-                  f"{job['trials_ended']}/{job['n_trials']} trials ended")
+                  f"{job['trials_ended']}/{job['n_trials']} trials ended{confirming}")
     console.print("  " + ", ".join(f"{k} {v}" for k, v in job["trial_counts"].items()))
     if job["best"]:
         console.print(f"  best: trial {job['best']['trial_number']} = {job['best']['value']:.6g}")
@@ -374,7 +385,9 @@ def print_report(report: dict[str, Any]) -> None:
     if report["message"]:
         console.print(report["message"])
     if report["keras_snippet"]:
-        console.print("\n" + report["keras_snippet"], highlight=False, markup=False)
+        # soft_wrap: a narrow terminal must not break the code's lines.
+        console.print("\n" + report["keras_snippet"], highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def _mean_sd(confirmed: dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
         compute=_compute(job, records, runs, now),
         best_found=_best_found(job, records, best),
         top_k=ranked[:top_k],
-        spread=_spread(ranked, top_k),
+        spread=_spread(ranked, top_k, confirmed=state == "done"),
         warm_start=[WarmStartSource(job_id=w.job_id, trials=w.trials) for w in warm],
         keras_snippet=(keras_snippet(AdamConfig(**snippet_params.model_dump()))
                        if snippet_params else None),
@@ -254,14 +254,14 @@ def _best_found(job: JobModel, records: Sequence[TrialRecord], best: BestTrial |
     )
 
 
-def _spread(ranked: Sequence[RankedTrial], top_k: int) -> Spread | None:
+def _spread(ranked: Sequence[RankedTrial], top_k: int, *, confirmed: bool) -> Spread | None:
     """The top-k values and settings side by side, read as a plateau or a lone spike."""
     if not ranked:
         return None
     top = ranked[:top_k]
     values = [t.value for t in top]
     near = sum(1 for t in ranked if t.gap_to_best <= NEAR_BEST)
-    verdict, explanation = _verdict(len(ranked), near)
+    verdict, explanation = _verdict(len(ranked), near, confirmed)
     best = values[0]
     return Spread(
         k=len(top),
@@ -280,7 +280,7 @@ def _spread(ranked: Sequence[RankedTrial], top_k: int) -> Spread | None:
     )
 
 
-def _verdict(complete: int, near: int) -> tuple[SpreadVerdict, str]:
+def _verdict(complete: int, near: int, confirmed: bool) -> tuple[SpreadVerdict, str]:
     if complete < 3:
         return "too_few_trials", (f"Only {complete} trial(s) completed: too few to tell a "
                                   "plateau from a lucky spike.")
@@ -290,8 +290,10 @@ def _verdict(complete: int, near: int) -> tuple[SpreadVerdict, str]:
     if near == 2:
         return "narrow", (f"One other configuration scores within {NEAR_BEST:.0%} of the best: "
                           "a narrow optimum; compare the two before trusting either.")
+    then = ("; the recommendation comes from re-training the top configurations on fresh "
+            "seeds." if confirmed else "; re-run it with another seed before relying on it.")
     return "spike", (f"No other configuration comes within {NEAR_BEST:.0%} of the best: it may "
-                     "be a lucky spike; re-run it with another seed before relying on it.")
+                     f"be a lucky spike{then}")
 
 
 def _message(job: JobModel, best: BestTrial | None, baseline: BaselineTrial | None
