@@ -153,6 +153,16 @@ def test_a_confirm_run_whose_worker_is_lost_every_time_fails_and_the_job_ends(
     assert report["recommended"]["is_baseline"] is True
 
 
+def test_a_job_cancelled_while_searching_says_confirmation_stopped(runtime: Runtime,
+                                                                 client: TestClient) -> None:
+    job_id = jobs.submit_job(runtime, _spec()).id
+    _search(runtime, job_id, [0.9])
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    summary = client.get(f"/v1/jobs/{job_id}/report").json()["confirmation"]
+    assert summary["state"] == "stopped" and summary["statement"] == (
+        "No confirmation run completed.")
+
+
 def test_finishing_the_search_twice_queues_the_runs_once(runtime: Runtime) -> None:
     job_id = jobs.submit_job(runtime, _spec()).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])

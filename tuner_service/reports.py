@@ -161,9 +161,9 @@ def _parameters(spec: JobCreate, best: BestTrial | None) -> list[ParamSummary]:
 def _confirmation_state(job: JobModel, spec: JobCreate,
                         confirmed: Sequence[confirm.Confirmed]) -> ConfirmationState:
     if not confirmed:
-        if confirm.plan_for(spec) is None or job.status in TERMINAL_JOB_STATUSES:
+        if confirm.plan_for(spec) is None:
             return "off"
-        return "searching"
+        return "stopped" if job.status in TERMINAL_JOB_STATUSES else "searching"
     if all(c.ended == c.runs for c in confirmed):
         return "done"
     return "stopped" if job.status in TERMINAL_JOB_STATUSES else "running"
