@@ -12,7 +12,7 @@ import yaml
 from tuner_service import confirmation as confirm
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
 from tuner_service.confirmation import ConfirmRun
-from tuner_service.db.models import JobModel
+from tuner_service.db.models import JobModel, aware
 from tuner_service.report_schema import (
     BaselineTrial,
     BestFound,
@@ -31,7 +31,7 @@ from tuner_service.report_schema import (
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, AdamParams, BestTrial, JobCreate
 from tuner_service.search_space import ParamRange
 from tuner_service.studies import TrialRecord, WarmSource
-from tuner_service.views import aware, best_trial, trial_counts
+from tuner_service.views import best_trial, trial_counts
 
 DEFAULT_TOP_K = 5
 # Trials within this relative distance of the best count as "as good": below the run-to-run
@@ -50,7 +50,8 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
     baseline = _baseline(records)
     ranked = ranked_trials(records, minimize)
     confirmed = confirm.confirmed(runs)
-    state = _confirmation_state(job, spec, confirmed)
+    plan = confirm.plan_for(spec)
+    state = _confirmation_state(job, plan, confirmed)
     chosen = confirm.recommend(confirmed, minimize) if state in ("done", "stopped") else None
     defaults = next((c for c in confirmed if c.is_baseline and c.mean is not None), None)
     comparison = (confirm.compare(chosen, defaults, minimize, spec.objective.metric)
@@ -68,11 +69,11 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
         trial_counts=trial_counts(records),
         recommended=recommended,
         confirmed=[_confirmed_config(c) for c in confirmed],
-        confirmation=_confirmation_summary(spec, state, chosen, best, comparison),
+        confirmation=_confirmation_summary(plan, state, chosen, best, comparison),
         best=best,
         baseline=baseline,
-        improvement=(_confirmed_improvement(comparison, defaults) if comparison and defaults
-                     else search_improvement),
+        improvement=(_improvement_over(defaults.mean or 0.0, comparison.gain)
+                     if comparison and defaults else search_improvement),
         improvement_basis=("confirmed_means" if comparison else
                            "search_values" if search_improvement else None),
         search_improvement=search_improvement,
@@ -137,7 +138,12 @@ def _improvement(best: BestTrial | None, baseline: BaselineTrial | None, minimiz
     if best is None or baseline is None or baseline.value is None:
         return None
     gain = baseline.value - best.value if minimize else best.value - baseline.value
-    relative = gain / abs(baseline.value) if baseline.value != 0 else None
+    return _improvement_over(baseline.value, gain)
+
+
+def _improvement_over(base: float, gain: float) -> Improvement:
+    """A gain over the defaults' value ``base``, also relative to it (none when it is 0)."""
+    relative = gain / abs(base) if base != 0 else None
     return Improvement(absolute=gain, relative=relative,
                        percent=100 * relative if relative is not None else None)
 
@@ -158,10 +164,10 @@ def _parameters(spec: JobCreate, best: BestTrial | None) -> list[ParamSummary]:
     return summaries
 
 
-def _confirmation_state(job: JobModel, spec: JobCreate,
+def _confirmation_state(job: JobModel, plan: confirm.ConfirmPlan | None,
                         confirmed: Sequence[confirm.Confirmed]) -> ConfirmationState:
     if not confirmed:
-        if confirm.plan_for(spec) is None:
+        if plan is None:
             return "off"
         return "stopped" if job.status in TERMINAL_JOB_STATUSES else "searching"
     if all(c.ended == c.runs for c in confirmed):
@@ -177,10 +183,9 @@ def _confirmed_config(candidate: confirm.Confirmed) -> ConfirmedConfig:
         search_value=candidate.search_value, runs=candidate.runs, runs_ended=candidate.ended)
 
 
-def _confirmation_summary(spec: JobCreate, state: ConfirmationState,
+def _confirmation_summary(plan: confirm.ConfirmPlan | None, state: ConfirmationState,
                           chosen: confirm.Confirmed | None, best: BestTrial | None,
                           comparison: confirm.Comparison | None) -> ConfirmationSummary:
-    plan = confirm.plan_for(spec)
     differs = (chosen.source_trial != best.trial_number
                if chosen is not None and best is not None else None)
     statement = comparison.statement if comparison else _confirmation_note(state, chosen)
@@ -203,14 +208,6 @@ def _confirmation_note(state: ConfirmationState, chosen: confirm.Confirmed | Non
     if chosen is None:
         return "No confirmation run completed."
     return "The paper defaults were not confirmed, so there is nothing to compare with."
-
-
-def _confirmed_improvement(comparison: confirm.Comparison, defaults: confirm.Confirmed
-                           ) -> Improvement:
-    base = defaults.mean or 0.0
-    relative = comparison.gain / abs(base) if base != 0 else None
-    return Improvement(absolute=comparison.gain, relative=relative,
-                       percent=100 * relative if relative is not None else None)
 
 
 def _compute(job: JobModel, records: Sequence[TrialRecord], runs: Sequence[ConfirmRun],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from tuner_service.adam import AdamConfig
+from tuner_service.db.models import aware
 from tuner_service.db.repository import CONFIRM, TERMINAL_SLOT_STATES, split_slot_key
 from tuner_service.jobs import JobOverview
 from tuner_service.schemas import (
@@ -17,13 +17,6 @@ from tuner_service.schemas import (
     TrialPublic,
 )
 from tuner_service.studies import TrialRecord
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every time we store is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def trial_counts(records: Sequence[TrialRecord]) -> TrialCounts:

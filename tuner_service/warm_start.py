@@ -28,8 +28,8 @@ from tuner_service.validation import Problem, SpecRefused
 MAX_SOURCE_JOBS = 10
 # ...looking at no more of the newest same-task jobs than this (three statements each).
 MAX_CANDIDATES = 3 * MAX_SOURCE_JOBS
-# Copied trials per job, named sources included: every ask of TPE and every load of the
-# study grows with them, and a few hundred is plenty to start from.
+# Copied trials in all (named sources too), the newest source's best first: every ask of TPE
+# and every load of the study grows with them, and a few hundred is plenty to start from.
 MAX_WARM_TRIALS = 300
 # Source configurations tried first (if the budget has room after the user's own).
 FIRST_CONFIGS = 3

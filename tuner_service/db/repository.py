@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, bindparam, func, select, update
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, defer
 
 from tuner_service.adam import AdamConfig
 from tuner_service.confirmation import Candidate, ConfirmRun
-from tuner_service.db.models import ConfirmRunModel, JobModel, TrialSlotModel, utcnow
+from tuner_service.db.models import ConfirmRunModel, JobModel, TrialSlotModel, aware, utcnow
 
 TERMINAL_SLOT_STATES = ("done", "cancelled", "failed")
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_job makes them
@@ -174,10 +175,8 @@ def add_confirm_runs(session: Session, *, job_id: str, first_slot: int,
     """A confirm slot and its run for each (candidate, seed); returns the slot numbers. Two
     processes that both try insert the same keys: the loser's commit fails."""
     slots = []
-    for index, (candidate, seed) in enumerate(
-            (c, s) for c in range(len(candidates)) for s in seeds):
-        number = first_slot + index
-        chosen = candidates[candidate]
+    runs = itertools.product(enumerate(candidates), seeds)
+    for number, ((candidate, chosen), seed) in enumerate(runs, start=first_slot):
         session.add(TrialSlotModel(job_id=job_id, slot=number, kind=CONFIRM))
         session.add(ConfirmRunModel(
             job_id=job_id, slot=number, candidate=candidate, is_baseline=chosen.is_baseline,
@@ -207,12 +206,7 @@ def _confirm_run(row: ConfirmRunModel) -> ConfirmRun:
         source_trial=row.source_trial, search_value=row.search_value,
         config=AdamConfig(**row.params), seed=row.seed, state=row.state, value=row.value,
         history=tuple(row.history or ()), error=row.error,
-        started_at=_utc(row.started_at), finished_at=_utc(row.finished_at))
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time we store is UTC."""
-    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+        started_at=aware(row.started_at), finished_at=aware(row.finished_at))
 
 
 def update_confirm_run(session: Session, job_id: str, slot: int, **values: Any) -> None:
