@@ -16,10 +16,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from tuner_service.adam import PAPER_DEFAULTS, AdamConfig
 from tuner_service.schemas import Confirm, JobCreate
-from tuner_service.studies import TrialRecord
+
+if TYPE_CHECKING:  # studies imports staging, which plans with this module
+    from tuner_service.studies import TrialRecord
 
 # ``auto``: about this share of the job's trial budget goes to confirmation, and jobs of
 # fewer trials than AUTO_MIN_TRIALS are not confirmed: two candidates and the defaults on two

@@ -150,6 +150,12 @@ class JobCreate(_Strict):
     budget: Budget = Budget()
     sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
     pruner: Literal["none", "median", "hyperband"] = "median"
+    staging: Literal["off", "playbook"] = Field(
+        default="off",
+        description="`playbook`: search the learning rate first, then open beta_1, then "
+        "epsilon and decay, then beta_2, in stages of at least 10 trials; numbers whose stage "
+        "has not opened stay at the paper defaults, so a small job searches fewer of them.",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     enqueue: list[PartialAdamConfig] = Field(
         default_factory=list,

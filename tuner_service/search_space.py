@@ -9,11 +9,12 @@ the paper default and often the best choice, and a log scale cannot reach 0 on i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
@@ -201,3 +202,72 @@ def baseline_params(space: SearchSpace) -> dict[str, Any] | None:
     if not space.contains(PAPER_DEFAULTS):
         return None
     return to_optuna_params(PAPER_DEFAULTS.as_dict(), space)
+
+
+def fitted_params(values: Mapping[str, float], space: SearchSpace
+                  ) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """The Optuna params of (some) Adam numbers inside ``space`` and their distributions, each
+    value held within its distribution's bounds: ``SearchSpace.contains`` allows round-off
+    (and 1 - beta adds some) that Optuna would refuse or warn about."""
+    every = optuna_distributions(space)
+    params = to_optuna_params(values, space)
+    distributions = {name: every[name] for name in params}
+    fitted = {name: _within(value, distributions[name]) for name, value in params.items()}
+    return fitted, distributions
+
+
+def _within(value: Any, distribution: BaseDistribution) -> Any:
+    if isinstance(distribution, FloatDistribution):
+        return min(max(value, distribution.low), distribution.high)
+    return value
+
+
+def _adam_name(optuna_name: str) -> str:
+    """The Adam number an Optuna parameter samples."""
+    if optuna_name == DECAY_SWITCH:
+        return "decay"
+    return optuna_name.removeprefix("one_minus_")
+
+
+class StagedSampler(optuna.samplers.BaseSampler):
+    """Samples only the Adam numbers ``open_at(trial.number)`` names with ``base``; the others
+    are held at the paper defaults (within their ranges), and stored as the trial's params so
+    that later stages learn from those trials too (see ``staging.py``)."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, space: SearchSpace,
+                 open_at: Callable[[int], frozenset[str]]) -> None:
+        self._base = base
+        self._open_at = open_at
+        self._defaults = fitted_params(PAPER_DEFAULTS.as_dict(), space)[0]
+
+    def _held(self, trial: FrozenTrial) -> dict[str, Any]:
+        opened = self._open_at(trial.number)
+        return {name: value for name, value in self._defaults.items()
+                if _adam_name(name) not in opened}
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        held = self._held(trial)
+        searched = self._base.infer_relative_search_space(study, trial)
+        return {name: dist for name, dist in searched.items() if name not in held}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        held = self._held(trial)
+        if param_name in held:
+            return held[param_name]
+        return self._base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._base.after_trial(study, trial, state, values)

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
@@ -27,12 +26,14 @@ from tuner_service.adam import AdamConfig
 from tuner_service.schemas import JobCreate
 from tuner_service.search_space import (
     SearchSpace,
+    StagedSampler,
     baseline_params,
     config_from_params,
-    optuna_distributions,
+    fitted_params,
     suggest_config,
     to_optuna_params,
 )
+from tuner_service.staging import open_names, planned_search_trials
 from tuner_service.study_tables import (
     STATE_NAMES,
     WARM_ATTR,
@@ -363,7 +364,19 @@ class StudyStore:
                 sampler=make_sampler(spec, spec.seed + seed_offset),
                 pruner=make_pruner(spec),
             )
+            if spec.staging == "playbook":
+                _stage(self._studies[study_name], spec)
         return self._studies[study_name]
+
+
+def _stage(study: optuna.Study, spec: JobCreate) -> None:
+    """Wrap the study's sampler in the playbook's stages. Warm-start copies take the study's
+    first trial numbers; the stages count the job's own trials."""
+    copied = sum(source["trials"] for source in study.user_attrs.get(WARM_SOURCES_ATTR, []))
+    planned = planned_search_trials(spec)
+    study.sampler = StagedSampler(
+        study.sampler, spec.search_space,
+        lambda number: open_names(max(0, number - copied), planned))
 
 
 def _enqueue(study: optuna.Study, spec: JobCreate, first: Sequence[AdamConfig]) -> None:
@@ -373,37 +386,19 @@ def _enqueue(study: optuna.Study, spec: JobCreate, first: Sequence[AdamConfig]) 
     if baseline is not None:
         study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
     for config in first:
-        study.enqueue_trial(_fitted_params(config, space)[0])
+        study.enqueue_trial(fitted_params(config.as_dict(), space)[0])
     for partial in spec.enqueue:
         values = partial.model_dump(exclude_none=True)
         study.enqueue_trial(to_optuna_params(values, space))
 
 
 def _copied_trial(trial: WarmTrial, space: SearchSpace) -> FrozenTrial:
-    params, distributions = _fitted_params(trial.config, space)
+    params, distributions = fitted_params(trial.config.as_dict(), space)
     return optuna.trial.create_trial(
         params=params, distributions=distributions, value=trial.value,
         intermediate_values=dict(trial.intermediate_values),
         user_attrs={WARM_ATTR: {"job_id": trial.job_id, "number": trial.number}},
     )
-
-
-def _fitted_params(config: AdamConfig, space: SearchSpace
-                   ) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
-    """The Optuna params of a configuration inside ``space`` and their distributions, each
-    value held within its distribution's bounds: ``SearchSpace.contains`` allows round-off
-    (and 1 - beta adds some) that Optuna would refuse or warn about."""
-    every = optuna_distributions(space)
-    params = to_optuna_params(config.as_dict(), space)
-    distributions = {name: every[name] for name in params}
-    fitted = {name: _within(value, distributions[name]) for name, value in params.items()}
-    return fitted, distributions
-
-
-def _within(value: Any, distribution: BaseDistribution) -> Any:
-    if isinstance(distribution, FloatDistribution):
-        return min(max(value, distribution.low), distribution.high)
-    return value
 
 
 def _summary(row: StudyRow, spec: JobCreate) -> StudySummary:
