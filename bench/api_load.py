@@ -10,9 +10,12 @@ Builds N jobs of 20-200 finished trials each (seeded; about 5 % still running) t
 service's own ``submit_job``, starts ``tuner_service.cli api`` on a free loopback port, then
 loads one endpoint at a time at a fixed rate from a separate process (bench/load_gen.py;
 latency counted from each request's scheduled send time, so a slow server cannot hide behind a
-lower rate). Prints a JSON line about the store and the machine, then one per endpoint; a table
-goes to stderr. Between endpoints it waits until the server's CPU is idle again, so requests
-abandoned at the timeout do not bill the next endpoint.
+lower rate). Every request sends an admin token made in the store for this run; a server
+already up (--url) gets TUNER_TOKEN, else $TUNER_HOME/token (``tuner up`` writes it; --home
+names that folder), else a new token in the --home store. Prints a JSON line about the store
+and the machine, then one per endpoint; a table goes to stderr. Between endpoints it waits
+until the server's CPU is idle again, so requests abandoned at the timeout do not bill the next
+endpoint.
 
 Per endpoint: ``achieved_rps`` counts 2xx/3xx answers within ``--timeout`` per second;
 ``errors`` by status, plus ``timeout`` (no whole answer in time), ``unsent`` (no connection came
@@ -55,7 +58,13 @@ from bench.api_server import (  # noqa: E402
     start_server,
     stop_server,
 )
-from bench.api_store import JobRow, job_rows, own_store, served_store  # noqa: E402
+from bench.api_store import (  # noqa: E402
+    JobRow,
+    bench_token,
+    job_rows,
+    own_store,
+    served_store,
+)
 from tuner_service.config import Settings  # noqa: E402
 from tuner_service.db.migrate import upgrade  # noqa: E402
 
@@ -93,18 +102,21 @@ def main() -> None:
     try:
         if args.url:
             host, port = loopback(args.url)
-            store, rows = _outside_store(args.url, home, args.database_url)
+            token = _outside_token(home, args.database_url)
+            store, rows = _outside_store(args.url, home, args.database_url, token)
         else:
             assert home is not None
             settings = Settings(home=home, database_url=args.database_url)
             upgrade(settings)  # the api command does not migrate; a reused store may be older
             store = own_store(settings, args.jobs, args.seed, args.database_url)
             rows = job_rows(settings)
+            token = bench_token(settings)  # a fresh one each run, a reused store too
             host, port = "127.0.0.1", free_port()
             server = start_server(home, args.database_url, port)
         json_line({"bench": "api_load", **store, **machine(args, server)})
         targets = _targets(rows, args)
-        rows_out = [_measure(name, targets, args, host, port, server) for name in args.endpoints]
+        rows_out = [_measure(name, targets, args, host, port, server, token=token)
+                    for name in args.endpoints]
         table(rows_out)
     finally:
         if server is not None:
@@ -146,13 +158,27 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
-def _outside_store(url: str, home: Path | None, database_url: str | None
+def _outside_token(home: Path | None, database_url: str | None) -> str:
+    """The token for a server already up: TUNER_TOKEN, else the file ``tuner up`` writes in
+    the home folder (--home, else TUNER_HOME), else a new one in the --home store."""
+    settings = (Settings(home=home, database_url=database_url) if home is not None
+                else Settings(database_url=database_url))
+    token = settings.client_token()
+    if token:
+        return token
+    if home is not None:
+        return bench_token(settings)
+    raise SystemExit("no API token for --url: set TUNER_TOKEN, or give --home (the server's "
+                     "TUNER_HOME: its token file is read, else a token is made in its store)")
+
+
+def _outside_store(url: str, home: Path | None, database_url: str | None, token: str
                    ) -> tuple[dict[str, Any], list[JobRow]]:
     """What a running server serves: read from its store when given (fast, not migrated),
     else listed through the API (slow on a server whose list replays studies)."""
     if home is not None:
         return served_store(home, database_url)
-    listed = _api_jobs(url)
+    listed = _api_jobs(url, token)
     states: Counter[str] = Counter()
     for job in listed:
         states.update({k: v for k, v in job["trial_counts"].items() if v})
@@ -179,32 +205,37 @@ def _targets(rows: list[JobRow], args: argparse.Namespace) -> dict[str, list[str
     }
 
 
-def _api_jobs(url: str) -> list[dict[str, Any]]:
+def _api_jobs(url: str, token: str) -> list[dict[str, Any]]:
     """Every job the server lists, page by page (slowly, on an unfixed server)."""
     jobs: list[dict[str, Any]] = []
     while True:
-        page = json.loads(http_get(f"{url.rstrip('/')}/v1/jobs?limit=200&offset={len(jobs)}",
-                                   PRIME_TIMEOUT_S)[1])
+        status, body = http_get(f"{url.rstrip('/')}/v1/jobs?limit=200&offset={len(jobs)}",
+                                PRIME_TIMEOUT_S, token=token)
+        if status != 200:
+            raise SystemExit(f"listing the jobs at {url} answered {status}: {body[:500]!r}")
+        page = json.loads(body)
         jobs.extend(page["items"])
         if not page["items"] or len(jobs) >= page["total"]:
             return jobs
 
 
 def _measure(name: str, targets: dict[str, list[str]], args: argparse.Namespace, host: str,
-             port: int, server: subprocess.Popen[bytes] | None) -> dict[str, Any]:
-    """Prime the paths, let the server settle, run the load, print the endpoint's line."""
+             port: int, server: subprocess.Popen[bytes] | None, *, token: str
+             ) -> dict[str, Any]:
+    """Prime the paths, let the server settle, run the load (every request with ``token``),
+    print the endpoint's line."""
     endpoint, paths = ENDPOINTS[name], targets[name]
     row: dict[str, Any] = {"endpoint": endpoint.label, "name": name,
                            "target_rps": round(endpoint.rate * args.rate_scale, 2)}
     waited = 0.0
     if not args.cold:
         waited = settle(server, args.settle)[0]  # so cold times are the pages', not a backlog's
-        row.update(_prime(f"http://{netloc(host, port)}", paths))
+        row.update(_prime(f"http://{netloc(host, port)}", paths, token))
     settled, row["server_idle_before"] = settle(server, args.settle)
     row["settle_s"] = round(waited + settled, 1)
     plan = {"host": host, "port": port, "paths": paths, "rate": row["target_rps"],
             "warmup_s": args.warmup, "duration_s": args.duration, "timeout_s": args.timeout,
-            "max_connections": args.connections}
+            "max_connections": args.connections, "token": token}
     cpu_before = cpu_s(server.pid) if server else None
     result = _run_load_gen(plan)
     cpu_after = cpu_s(server.pid) if server else None
@@ -225,7 +256,7 @@ def _measure(name: str, targets: dict[str, list[str]], args: argparse.Namespace,
     return row
 
 
-def _prime(base: str, paths: list[str]) -> dict[str, Any]:
+def _prime(base: str, paths: list[str], token: str) -> dict[str, Any]:
     """Fetch each path once, in turn, so the load meets warm caches (the goals are about a
     warm server); what the cold requests took is part of the result."""
     took: list[float] = []
@@ -236,7 +267,7 @@ def _prime(base: str, paths: list[str]) -> dict[str, Any]:
             break
         start = time.perf_counter()
         try:
-            statuses[str(http_get(base + path, PRIME_TIMEOUT_S)[0])] += 1
+            statuses[str(http_get(base + path, PRIME_TIMEOUT_S, token=token)[0])] += 1
         except OSError as error:  # URLError, a reset or a timeout: reported, not fatal
             statuses[type(error).__name__] += 1
         took.append(time.perf_counter() - start)

@@ -22,11 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 STALE_AFTER_S = 365 * 24 * 3600
 
 
-def http_get(url: str, timeout: float) -> tuple[int, bytes]:
-    """A GET with no proxy (loopback only), for priming and listing; errors are answers too."""
+def http_get(url: str, timeout: float, *, token: str | None) -> tuple[int, bytes]:
+    """A GET with no proxy (loopback only), for priming and listing; errors are answers too.
+    ``token``: the API token sent as ``Authorization: Bearer`` (None only for /healthz)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     try:
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout
+                         ) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
@@ -73,7 +76,7 @@ def start_server(home: Path, database_url: str | None, port: int) -> subprocess.
         if server.poll() is not None:
             break
         with contextlib.suppress(OSError):
-            if http_get(f"http://127.0.0.1:{port}/healthz", 2)[0] == 200:
+            if http_get(f"http://127.0.0.1:{port}/healthz", 2, token=None)[0] == 200:
                 return server
         time.sleep(0.2)
     stop_server(server)

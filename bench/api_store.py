@@ -4,7 +4,7 @@
 one into an empty database: N jobs submitted through the service's own ``submit_job``, their
 Optuna studies filled with the made-up trials of bench/api_history.py (about 5 % of the jobs
 still running, a few cancelled), and their rows and trial slots left as workers would have left
-them.
+them. ``bench_token`` adds an admin token to the store for each run (the API wants one).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from bench.api_history import job_spec, job_trials
-from tuner_service import jobs
+from tuner_service import auth, jobs
 from tuner_service.config import Settings
 from tuner_service.db.models import JobModel, TrialSlotModel
-from tuner_service.db.session import session_scope
+from tuner_service.db.session import make_engine, make_session_factory, session_scope
 from tuner_service.runtime import Runtime, build_runtime
+from tuner_service.tenancy import LOCAL
 
 MARKER = "bench-store.json"  # written when a store is complete; its presence allows reuse
 RUNNING_SHARE = 0.05
@@ -61,6 +62,17 @@ def own_store(settings: Settings, n_jobs: int, seed: int, database_url: str | No
           f"{stats['trials']} trials ({stats['backend']})", file=sys.stderr)
     marker.write_text(json.dumps(stats))
     return {**stats, "reused": False, "home": str(settings.home)}
+
+
+def bench_token(settings: Settings) -> str:
+    """The secret of a fresh admin token of the jobs' tenant ("local") in the store's database,
+    for the bench to send to the API (``tuner api`` writes none; one per run, kept nowhere)."""
+    engine = make_engine(settings)
+    try:
+        return auth.create_token(make_session_factory(engine), tenant=LOCAL.tenant, admin=True,
+                                 label="bench/api_load.py")[1]
+    finally:
+        engine.dispose()
 
 
 def served_store(home: Path, database_url: str | None) -> tuple[dict[str, Any], list[JobRow]]:
@@ -124,7 +136,7 @@ def build_store(settings: Settings, n_jobs: int, seed: int) -> dict[str, Any]:
             status = ("running" if k >= n_jobs - n_running else
                       "cancelled" if rng.random() < CANCELLED_SHARE else "succeeded")
             spec = job_spec(rng, k)
-            job = jobs.submit_job(submitter, spec)
+            job = jobs.submit_job(submitter, spec, caller=LOCAL)
             created = now - JOB_GAP * (n_jobs - k)
             trials, started, finished = job_trials(rng, spec, status, created, now)
             _fill_study(rt, job.study_name, trials)

@@ -24,6 +24,7 @@ from tuner_service.config import Settings  # noqa: E402
 from tuner_service.db.migrate import upgrade  # noqa: E402
 from tuner_service.runtime import build_runtime  # noqa: E402
 from tuner_service.schemas import JobCreate  # noqa: E402
+from tuner_service.tenancy import LOCAL  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
         "model": {"builtin": "logistic_regression"}, "dataset": {"builtin": "digits"},
         "budget": {"n_trials": args.trials, "epochs": args.epochs}, "pruner": "none",
         "confirm": False, "warm_start": "off"})
-    job = jobs.submit_job(rt, spec)
+    job = jobs.submit_job(rt, spec, caller=LOCAL)
     spent = {"start_trial": 0.0, "report_epochs": 0.0, "finish_trial": 0.0}
     for slot in range(args.trials):
         clock = time.perf_counter()

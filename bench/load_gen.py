@@ -5,7 +5,10 @@ Runs in its own process (standard library only: it starts fast and stays light o
 shares with the server). Reads a plan as JSON on stdin, prints one JSON result on stdout:
 
     {"host": "127.0.0.1", "port": 8000, "paths": ["/healthz"], "rate": 200, "warmup_s": 2,
-     "duration_s": 20, "timeout_s": 5, "max_connections": 64}
+     "duration_s": 20, "timeout_s": 5, "max_connections": 64, "token": "tnr_..."}
+
+``token`` (the API's bearer token, or null) goes with every request as ``Authorization: Bearer``
+(on stdin, not the command line, so other users of the machine cannot read it).
 
 Every request scheduled in the measured window ends in exactly one way: an HTTP answer, a
 ``timeout`` (sent, no whole answer within ``timeout_s`` of its scheduled time), ``unsent`` (no
@@ -49,11 +52,13 @@ class Plan:
     duration_s: float
     timeout_s: float
     max_connections: int
+    token: str | None
 
     def request(self, path: str) -> bytes:
-        """A browser-like keep-alive GET."""
+        """A browser-like keep-alive GET, with the bearer token when there is one."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return (f"GET {path} HTTP/1.1\r\nHost: {host}:{self.port}\r\n"
+        auth = f"Authorization: Bearer {self.token}\r\n" if self.token is not None else ""
+        return (f"GET {path} HTTP/1.1\r\nHost: {host}:{self.port}\r\n{auth}"
                 "Accept-Encoding: gzip\r\nAccept: */*\r\nUser-Agent: tuner-bench-api-load\r\n"
                 "Connection: keep-alive\r\n\r\n").encode("ascii")
 

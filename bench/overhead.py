@@ -8,6 +8,7 @@
 
 Prints one JSON line per run and a last line with inprocess_s, service_s and ratio
 (service / in-process); a summary table goes to stderr. Compare ratios, not absolute times.
+The service's requests send the admin token ``tuner up`` writes to $TUNER_HOME/token.
 """
 
 from __future__ import annotations
@@ -116,8 +117,11 @@ def run_service(raw: dict[str, Any], workers: int) -> dict[str, Any]:
             "sum_trial_seconds": sum(durations)}
 
 
-def _wait_ready(client: httpx.Client, home: Path) -> None:
-    """The API answers and the worker child has imported TensorFlow (warm, like in-process)."""
+def _wait_ready(client: httpx.Client, home: Path) -> str:
+    """The API answers and the worker child has imported TensorFlow (warm, like in-process).
+
+    Reads the admin token ``tuner up`` writes to ``home/token`` and sets ``client`` to send it
+    with every request (``Authorization: Bearer``); returns the secret."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -126,11 +130,34 @@ def _wait_ready(client: httpx.Client, home: Path) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
+    secret = read_token(home, deadline)
+    client.headers["Authorization"] = f"Bearer {secret}"
     # A warm-up job of one 1-epoch trial pays for TF import, data loading and tracing.
     warm = dict(job_spec(1, 1, 0), name="warm-up")
-    job = client.post("/v1/jobs", json=warm).json()
+    answer = client.post("/v1/jobs", json=warm)
+    if answer.status_code != 201:
+        raise SystemExit(f"the service refused the warm-up job ({answer.status_code}): "
+                         f"{answer.text[:500]}")
+    job = answer.json()
     while client.get(f"/v1/jobs/{job['id']}").json()["status"] not in ("succeeded", "failed"):
         time.sleep(0.1)
+    return secret
+
+
+def read_token(home: Path, deadline: float) -> str:
+    """The secret in ``home/token`` (``tuner up`` writes it before it answers /healthz),
+    waiting for the file until ``deadline`` (a ``time.monotonic()`` time)."""
+    path = home / "token"
+    while True:
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            secret = ""
+        if secret:
+            return secret
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"no API token: `tuner up` wrote no {path}")
+        time.sleep(0.2)
 
 
 def _free_port() -> int:

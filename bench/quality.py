@@ -91,7 +91,8 @@ POLL_S = 1.0
 # ---------------------------------------------------------------------------------- service
 @contextlib.contextmanager
 def service_stack() -> Iterator[httpx.Client]:
-    """The embedded service (``tuner up``, one worker) in a fresh TUNER_HOME, warmed up."""
+    """The embedded service (``tuner up``, one worker) in a fresh TUNER_HOME, warmed up; the
+    client sends the admin token ``tuner up`` wrote there (``_wait_ready`` reads it)."""
     home = Path(tempfile.mkdtemp(prefix="tuner-quality-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
     env["TUNER_HOME"] = str(home)

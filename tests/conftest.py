@@ -22,9 +22,11 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from tests.servers import PostgresServer, RedisServer, free_port
+from tuner_service import auth
 from tuner_service.app import create_app
 from tuner_service.config import LOOPBACK_HOSTS, Settings
 from tuner_service.db.migrate import upgrade
+from tuner_service.db.session import make_engine, make_session_factory
 from tuner_service.embedded import stop_workers, worker_command
 from tuner_service.runtime import Runtime, build_runtime
 
@@ -101,9 +103,30 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     rt.close()
 
 
+def new_token(settings: Settings, tenant: str = "local", *, admin: bool = False) -> str:
+    """A fresh API token's secret, made as ``tuner token create`` makes one."""
+    engine = make_engine(settings)
+    try:
+        return auth.create_token(make_session_factory(engine), tenant=tenant, admin=admin)[1]
+    finally:
+        engine.dispose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The header that carries a token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def signed_in_client(settings: Settings, **app_options: Any) -> TestClient:
+    """A test client of a fresh app that sends an admin token of the tenant ``local`` (what
+    ``tuner up`` makes for the embedded default) with every request."""
+    app = create_app(settings, **{"recover_every_s": None, **app_options})
+    return TestClient(app, headers=bearer(new_token(settings, admin=True)))
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, recover_every_s=None)) as test_client:
+    with signed_in_client(settings) as test_client:
         yield test_client
 
 
@@ -156,7 +179,7 @@ class WorkerStack:
 def running_stack(settings: Settings) -> Iterator[WorkerStack]:
     """Migrate, then an API client (recovery loop every 2 s) and one real worker process."""
     upgrade(settings)
-    with TestClient(create_app(settings, recover_every_s=2)) as test_client:
+    with signed_in_client(settings, recover_every_s=2) as test_client:
         stack = WorkerStack(settings, test_client)
         stack.start_worker()
         try:

@@ -8,27 +8,34 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import http_server, settings_env
+from tests.conftest import http_server, new_token, settings_env
 from tests.servers import free_port
 from tuner_service import jobs
 from tuner_service.cli import EXAMPLE_SPEC, app, host_hint, load_yaml
-from tuner_service.client import TunerClient
+from tuner_service.client import ApiError, TunerClient, parse_retry_after
 from tuner_service.config import LOOPBACK_HOSTS, Settings
 from tuner_service.embedded import WORKER_LOG_MAX_BYTES, open_worker_log
 from tuner_service.runtime import Runtime
+from tuner_service.schemas import JobCreate, JobPublic, JobsPublic, TrialCounts
+from tuner_service.tenancy import LOCAL
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def server_url(settings: Settings) -> Iterator[str]:
+def server_url(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real server; the CLI finds a token of the tenant ``local`` in TUNER_TOKEN."""
+    monkeypatch.setenv("TUNER_TOKEN", new_token(settings))
     with http_server(settings) as url:
         yield url
 
@@ -87,6 +94,17 @@ def test_unreadable_spec_files_exit_2(tmp_path: Path, content: str | None,
     assert result.exit_code == 2 and message in result.output
 
 
+def test_the_cli_sends_the_token_kept_in_tuner_home(server_url: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    token = os.environ["TUNER_TOKEN"]
+    monkeypatch.delenv("TUNER_TOKEN")
+    monkeypatch.setenv("TUNER_HOME", str(tmp_path))
+    refused = runner.invoke(app, ["jobs", "--url", server_url])
+    assert refused.exit_code == 1 and "missing or invalid API token" in refused.output
+    (tmp_path / "token").write_text(token + "\n")
+    assert runner.invoke(app, ["jobs", "--url", server_url]).exit_code == 0
+
+
 def test_unknown_job_and_unreachable_server_exit_1(server_url: str) -> None:
     missing = runner.invoke(app, ["status", "nope", "--url", server_url])
     assert missing.exit_code == 1 and "not found" in missing.output
@@ -100,7 +118,8 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
                                                           tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = settings_env(settings)
+    env = settings_env(settings)  # no token configured: tuner up makes the local one
+    env.pop("TUNER_TOKEN", None)
     elsewhere = tmp_path / "cwd"  # everything must land in TUNER_HOME, nothing in the cwd
     elsewhere.mkdir()
     up = subprocess.Popen([sys.executable, "-m", "tuner_service.cli", "up", "--port",
@@ -116,6 +135,7 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
         assert submit.returncode == 0, submit.stdout + submit.stderr
         assert "Best Adam configuration" in submit.stdout
         assert "improvement over the paper defaults" in submit.stdout
+        assert httpx.get(f"{url}/v1/jobs").status_code == 401  # the API is not open
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         terminal, _ = up.communicate(timeout=60)
@@ -128,6 +148,10 @@ def test_tuner_up_runs_a_job_and_ctrl_c_stops_everything(settings: Settings,
     assert "tuner.run_trial" in log.read_text()  # Celery's INFO lines of each task
     assert f"worker logs: {log}" in terminal
     assert "worker child ready" not in terminal and "celery" not in terminal.lower()
+    token_file = settings.home / "token"
+    assert "made an admin token" in terminal and "tuner open" in terminal
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert token_file.read_text().strip() not in terminal  # the secret stays in the file
 
 
 @pytest.mark.slow
@@ -169,16 +193,44 @@ def test_the_yaml_loader_reads_everything_else_as_pyyaml_does(text: str) -> None
 def test_the_yaml_loader_leaves_pyyaml_itself_alone() -> None:
     assert load_yaml("x: 1e-5") == {"x": 1e-5}
     assert yaml.safe_load("x: 1e-5") == {"x": "1e-5"}
+    assert yaml.safe_load("x: off") == {"x": False}
 
 
-def _recording_client(seen: list[httpx.Request]) -> TunerClient:
+@pytest.mark.parametrize(("text", "value"), [
+    ("off", "off"), ("on", "on"), ("yes", "yes"), ("No", "No"), ("true", True),
+    ("False", False), ("TRUE", True),
+])
+def test_spec_files_read_yaml_1_2_booleans(text: str, value: object) -> None:
+    assert load_yaml(f"x: {text}") == {"x": value}
+
+
+def test_warm_start_and_staging_off_are_words_in_a_spec_file() -> None:
+    spec = load_yaml(EXAMPLE_SPEC.read_text() + "\nwarm_start: off\nstaging: off\n")
+    parsed = JobCreate.model_validate(spec)
+    assert parsed.warm_start == "off" and parsed.staging == "off"
+
+
+def _job_body() -> dict[str, Any]:
+    """A cancelled job as the API sends it, built from the example spec."""
+    spec = JobCreate.model_validate(load_yaml(EXAMPLE_SPEC.read_text()))
+    now = datetime.now(UTC)
+    return JobPublic(
+        id="j1", name="digits", tenant="local", status="cancelled", error=None, created_at=now,
+        started_at=None, finished_at=None, n_trials=4, trials_ended=0,
+        trial_counts=TrialCounts(), best=None, spec=spec,
+    ).model_dump(mode="json")
+
+
+def _recording_client(seen: list[httpx.Request], **options: Any) -> TunerClient:
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.path.endswith(".html"):
             return httpx.Response(200, text="<html></html>")
-        return httpx.Response(200, json={"id": "j1", "status": "cancelled"})
+        if request.url.path == "/v1/jobs":
+            return httpx.Response(200, json={"items": [_job_body()], "total": 1})
+        return httpx.Response(200, json=_job_body())
 
-    return TunerClient("http://tuner", transport=httpx.MockTransport(answer))
+    return TunerClient("http://tuner", transport=httpx.MockTransport(answer), **options)
 
 
 def test_the_saved_report_page_asks_for_the_standalone_page() -> None:
@@ -192,9 +244,146 @@ def test_the_saved_report_page_asks_for_the_standalone_page() -> None:
 def test_cancel_sends_no_body_and_no_content_type() -> None:
     seen: list[httpx.Request] = []
     with _recording_client(seen) as client:
-        assert client.cancel("j1")["status"] == "cancelled"
+        assert client.cancel("j1").status == "cancelled"
     assert seen[0].method == "POST" and seen[0].content == b""
     assert "content-type" not in seen[0].headers
+
+
+def test_the_client_answers_with_the_api_models() -> None:
+    with _recording_client([]) as client:
+        job, page = client.job("j1"), client.jobs()
+    assert isinstance(job, JobPublic) and job.spec.budget.n_trials > 0
+    assert isinstance(page, JobsPublic) and page.total == 1 and page.items[0].id == "j1"
+
+
+def test_a_token_goes_as_a_bearer_header_on_every_request() -> None:
+    seen: list[httpx.Request] = []
+    with _recording_client(seen, token="s3cret") as client:
+        client.job("j1")
+        client.cancel("j1")
+        client.report_html("j1")
+        assert client.healthy()
+    assert [r.headers["authorization"] for r in seen] == ["Bearer s3cret"] * 4
+
+
+def test_without_a_token_no_authorization_header_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TUNER_TOKEN", raising=False)
+    monkeypatch.setenv("TUNER_HOME", str(tmp_path))  # no token file there
+    seen: list[httpx.Request] = []
+    with _recording_client(seen) as client:
+        client.job("j1")
+    assert "authorization" not in seen[0].headers
+
+
+def test_the_client_finds_its_token_as_the_cli_does(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNER_TOKEN", raising=False)
+    monkeypatch.setenv("TUNER_HOME", str(tmp_path))
+    (tmp_path / "token").write_text("from-the-file\n")
+    seen: list[httpx.Request] = []
+    with _recording_client(seen) as client:
+        client.job("j1")
+    monkeypatch.setenv("TUNER_TOKEN", "from-the-environment")
+    with _recording_client(seen) as client:
+        client.job("j1")
+    with _recording_client(seen, token="given") as client:
+        client.job("j1")
+    assert [r.headers["authorization"] for r in seen] == [
+        "Bearer from-the-file", "Bearer from-the-environment", "Bearer given"]
+
+
+def test_any_httpx_auth_can_be_passed_but_not_with_a_token() -> None:
+    seen: list[httpx.Request] = []
+    with _recording_client(seen, auth=httpx.BasicAuth("ann", "pw")) as client:
+        client.job("j1")
+    assert seen[0].headers["authorization"].startswith("Basic ")
+    with pytest.raises(ValueError, match="not both"):
+        TunerClient("http://tuner", token="t", auth=httpx.BasicAuth("ann", "pw"))
+
+
+def _refusing_client(status: int, detail: object, headers: dict[str, str] | None = None
+                     ) -> TunerClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"detail": detail}, headers=headers)
+
+    return TunerClient("http://tuner", transport=httpx.MockTransport(answer))
+
+
+def _refusal(status: int, detail: object, headers: dict[str, str] | None = None) -> ApiError:
+    with _refusing_client(status, detail, headers) as client, pytest.raises(ApiError) as caught:
+        client.job("j1")
+    return caught.value
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("7", 7.0), ("0.5", 0.5), ("-3", 0.0), (None, None), ("soon", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: retry now
+])
+def test_retry_after_is_read_in_seconds(header: str | None, seconds: float | None) -> None:
+    error = _refusal(429, "slow down", {"Retry-After": header} if header else None)
+    assert error.status_code == 429 and error.detail == "slow down"
+    assert error.retry_after == seconds
+
+
+def test_a_retry_after_date_counts_from_now() -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    retry_after = parse_retry_after(later)
+    assert retry_after is not None and 100 < retry_after <= 120
+
+
+def test_refusals_say_what_happened_and_what_to_do() -> None:
+    unauthorised = str(_refusal(401, "invalid token"))
+    assert "missing or invalid" in unauthorised and "invalid token" in unauthorised
+    assert "--token" in unauthorised and "TUNER_TOKEN" in unauthorised
+    assert "$TUNER_HOME/token" in unauthorised
+    assert str(_refusal(404, "job j1 not found")) == "job j1 not found"
+    assert str(_refusal(404, "no asset 'x'")) == "not found: no asset 'x'"
+    limited = str(_refusal(429, "too many jobs", {"Retry-After": "30"}))
+    assert "too many jobs" in limited and "retry after 30 s" in limited
+
+
+def test_an_answer_of_another_shape_is_a_message_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuner_service.cli import common
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "j1"})
+
+    monkeypatch.setattr(common, "client_for", lambda url, token=None: TunerClient(
+        "http://tuner", transport=httpx.MockTransport(answer)))
+    result = runner.invoke(app, ["status", "j1"])
+    assert result.exit_code == 1 and "same version" in result.output
+
+
+def test_a_sign_in_redirect_is_a_refusal_not_an_empty_page() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(303, headers={"Location": "/signin?next=/v1/jobs/j1/report.html"})
+
+    with TunerClient("http://tuner", transport=httpx.MockTransport(answer)) as client, \
+            pytest.raises(ApiError) as caught:
+        client.report_html("j1")
+    assert caught.value.status_code == 303 and "/signin?next=" in str(caught.value)
+    assert "TUNER_TOKEN" in str(caught.value)
+
+
+@pytest.mark.parametrize(("status", "headers", "message"), [
+    (401, None, "TUNER_TOKEN"), (404, None, "j1 not found"),
+    (429, {"Retry-After": "5"}, "retry after 5 s"),
+])
+def test_the_cli_exits_1_with_the_message_on_refusals(
+    monkeypatch: pytest.MonkeyPatch, status: int, headers: dict[str, str] | None, message: str
+) -> None:
+    from tuner_service.cli import common
+
+    detail = "job j1 not found" if status == 404 else "refused"
+    monkeypatch.setattr(common, "client_for",
+                        lambda url, token=None: _refusing_client(status, detail, headers))
+    for command in (["status", "j1"], ["jobs"], ["cancel", "j1"], ["report", "j1"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and message in result.output, (command, result.output)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
@@ -246,7 +435,8 @@ def test_the_worker_log_is_appended_to_and_rotated_when_large(tmp_path: Path) ->
 def test_status_and_report_show_the_confirmation(server_url: str, runtime: Runtime) -> None:
     from tests.test_confirmation import _run, _search, _spec
 
-    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 2})).id
+    spec = _spec(confirm={"top_k": 1, "seeds": 2})
+    job_id = jobs.submit_job(runtime, spec, caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     status = runner.invoke(app, ["status", job_id, "--url", server_url])
     assert status.exit_code == 0 and "0/4 confirmation runs ended" in status.output

@@ -19,6 +19,7 @@ from tuner_service.db import repository as repo
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime, build_runtime
 from tuner_service.schemas import JobCreate
+from tuner_service.tenancy import LOCAL
 
 PROCESSES = 8
 TRIALS = 40
@@ -53,7 +54,7 @@ def test_eight_processes_run_every_slot_exactly_once(settings: Settings,
     spec = JobCreate.model_validate({**GOOD, "budget": {"n_trials": TRIALS, "epochs": 2},
                                      "pruner": "none", "enqueue": enqueue,
                                      "confirm": False})  # the search's slots alone
-    job_id = jobs.submit_job(runtime, spec).id
+    job_id = jobs.submit_job(runtime, spec, caller=LOCAL).id
     with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
         ran = pool.starmap(_drive, [(settings.model_dump_json(), job_id, seed)
                                     for seed in range(PROCESSES)])
@@ -63,4 +64,4 @@ def test_eight_processes_run_every_slot_exactly_once(settings: Settings,
     assert all(r.state == "complete" for r in records)
     with session_scope(runtime.sessions) as session:
         assert repo.slot_states(session, job_id) == {"done": TRIALS}
-        assert repo.find_job_or_raise(session, job_id).status == "succeeded"
+        assert repo.find_job_or_raise(session, job_id, tenant=None).status == "succeeded"

@@ -16,6 +16,7 @@ from tuner_service.db import repository as repo
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import JobCreate
+from tuner_service.tenancy import LOCAL
 
 CONFIRM = {"top_k": 2, "seeds": 2}
 
@@ -44,7 +45,7 @@ def _search(rt: Runtime, job_id: str, values: list[float]) -> list[trials.TrialT
 def test_the_search_ending_queues_confirm_runs_and_the_job_succeeds_after_them(
     runtime: Runtime, client: TestClient
 ) -> None:
-    job_id = jobs.submit_job(runtime, _spec()).id
+    job_id = jobs.submit_job(runtime, _spec(), caller=LOCAL).id
     # Trial 0 is the paper defaults; trial 2 is the search's best, trial 1 second.
     searched = _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     job = client.get(f"/v1/jobs/{job_id}").json()
@@ -92,7 +93,7 @@ def test_the_search_ending_queues_confirm_runs_and_the_job_succeeds_after_them(
 
 def test_a_recommendation_within_the_seed_noise_says_so(runtime: Runtime,
                                                         client: TestClient) -> None:
-    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 3})).id
+    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 3}), caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.5, 0.6])
     for slot, value in zip(range(4, 10), [0.5, 0.9, 0.7, 0.6, 0.8, 0.7], strict=True):
         _run(runtime, job_id, slot, value)
@@ -102,7 +103,7 @@ def test_a_recommendation_within_the_seed_noise_says_so(runtime: Runtime,
 
 
 def test_the_defaults_can_be_the_recommendation(runtime: Runtime, client: TestClient) -> None:
-    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 2})).id
+    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 2}), caller=LOCAL).id
     _search(runtime, job_id, [0.5, 0.3, 0.6, 0.7])
     for slot, value in zip(range(4, 8), [0.8, 0.9, 0.4, 0.45], strict=True):
         _run(runtime, job_id, slot, value)
@@ -114,7 +115,7 @@ def test_the_defaults_can_be_the_recommendation(runtime: Runtime, client: TestCl
 
 def test_a_seed_that_diverges_ranks_its_configuration_last(runtime: Runtime,
                                                            client: TestClient) -> None:
-    job_id = jobs.submit_job(runtime, _spec()).id
+    job_id = jobs.submit_job(runtime, _spec(), caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     _run(runtime, job_id, 4, 0.1)
     _run(runtime, job_id, 5, None, state="fail")
@@ -126,7 +127,7 @@ def test_a_seed_that_diverges_ranks_its_configuration_last(runtime: Runtime,
 
 
 def test_cancel_during_confirmation_keeps_what_ran(runtime: Runtime, client: TestClient) -> None:
-    job_id = jobs.submit_job(runtime, _spec()).id
+    job_id = jobs.submit_job(runtime, _spec(), caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     _run(runtime, job_id, 4, 0.2)
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
@@ -141,7 +142,7 @@ def test_cancel_during_confirmation_keeps_what_ran(runtime: Runtime, client: Tes
 def test_a_confirm_run_whose_worker_is_lost_every_time_fails_and_the_job_ends(
     runtime: Runtime, client: TestClient
 ) -> None:
-    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 1})).id
+    job_id = jobs.submit_job(runtime, _spec(confirm={"top_k": 1, "seeds": 1}), caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     _run(runtime, job_id, 5, 0.8)  # the defaults' run
     for attempt in range(runtime.settings.max_trial_attempts):
@@ -155,7 +156,7 @@ def test_a_confirm_run_whose_worker_is_lost_every_time_fails_and_the_job_ends(
 
 def test_a_job_cancelled_while_searching_says_confirmation_stopped(runtime: Runtime,
                                                                  client: TestClient) -> None:
-    job_id = jobs.submit_job(runtime, _spec()).id
+    job_id = jobs.submit_job(runtime, _spec(), caller=LOCAL).id
     _search(runtime, job_id, [0.9])
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     summary = client.get(f"/v1/jobs/{job_id}/report").json()["confirmation"]
@@ -164,7 +165,7 @@ def test_a_job_cancelled_while_searching_says_confirmation_stopped(runtime: Runt
 
 
 def test_finishing_the_search_twice_queues_the_runs_once(runtime: Runtime) -> None:
-    job_id = jobs.submit_job(runtime, _spec()).id
+    job_id = jobs.submit_job(runtime, _spec(), caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     trials._finish_job_if_done(runtime, job_id)  # a second worker ending the same search
     with session_scope(runtime.sessions) as session:
@@ -176,7 +177,7 @@ def test_confirmation_off_and_auto_on_a_small_job_end_with_the_search(
     runtime: Runtime, client: TestClient
 ) -> None:
     for confirm in (False, "auto"):
-        job_id = jobs.submit_job(runtime, _spec(confirm=confirm)).id
+        job_id = jobs.submit_job(runtime, _spec(confirm=confirm), caller=LOCAL).id
         _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "succeeded" and job["confirmation"] is None
@@ -190,7 +191,7 @@ def test_max_trial_epochs_keeps_confirmation_s_share_out_of_the_search(
 ) -> None:
     # 6 confirm runs x 2 epochs = 12 of 20 trial-epochs; the search gets 8: four trials.
     spec = _spec(budget={"n_trials": 10, "epochs": 2, "max_trial_epochs": 20})
-    job_id = jobs.submit_job(runtime, spec).id
+    job_id = jobs.submit_job(runtime, spec, caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
     assert trials.start_trial(runtime, job_id, 4, "over-budget") is None
     job = client.get(f"/v1/jobs/{job_id}").json()

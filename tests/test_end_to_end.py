@@ -106,7 +106,10 @@ def test_a_job_that_cannot_set_up_fails_at_once_with_the_reason(stack: WorkerSta
     # 10 examples cannot be split into a stratified validation set of all 10 digit classes.
     job_id = stack.submit({**DIGITS, "dataset": {"builtin": "digits", "max_samples": 10},
                            "budget": {"n_trials": 20, "epochs": 2}})
-    job = stack.wait(job_id)
+    # A slot another worker process claimed as the job failed ends a moment after it.
+    job = stack.wait(job_id, until=lambda job: job["status"] in ("failed", "succeeded",
+                                                                   "cancelled")
+                     and job["trials_ended"] == 20)
     assert job["status"] == "failed"
     assert job["error"].startswith("cannot set up logistic_regression on digits: ValueError")
     assert job["trials_ended"] == 20

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings
-from tuner_service.app import create_app
+from tests.conftest import make_settings, signed_in_client
 from tuner_service.config import Settings
 from tuner_service.db.migrate import upgrade
 from tuner_service.model_size import (
@@ -187,6 +186,6 @@ def test_a_lower_parameter_cap_refuses_a_small_model_through_the_api(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     settings = make_settings(backend, tmp_path / "home", request, max_model_params=1000)
     upgrade(settings)
-    with TestClient(create_app(settings, recover_every_s=None)) as client:
+    with signed_in_client(settings) as client:
         messages = _refused(client, {"builtin": "mlp", "hidden_units": [16]}, "digits")
     assert "1,210 parameters exceed the limit of 1,000" in messages["model"]

@@ -12,6 +12,7 @@ from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import JobCreate
 from tuner_service.staging import open_names, planned_search_trials, stage_count
+from tuner_service.tenancy import LOCAL
 
 LR = frozenset({"learning_rate"})
 LR_B1 = LR | {"beta_1"}
@@ -54,7 +55,7 @@ def _differs(configs: list[AdamConfig], name: str) -> bool:
 def test_a_staged_study_holds_unopened_numbers_at_the_paper_defaults(runtime: Runtime) -> None:
     spec = JobCreate.model_validate({**GOOD, "staging": "playbook", "warm_start": "off",
                                      "budget": {"n_trials": 20, "epochs": 2}})
-    job = jobs.submit_job(runtime, spec)
+    job = jobs.submit_job(runtime, spec, caller=LOCAL)
     asked = []
     for number in range(20):
         trial = runtime.studies.ask(job.study_name, spec, seed_offset=0, worker="w0")
@@ -79,7 +80,8 @@ def test_a_held_default_outside_the_range_is_held_at_the_nearest_end(runtime: Ru
         **GOOD, "staging": "playbook", "warm_start": "off", "budget": {"n_trials": 20},
         "search_space": {"beta_1": {"low": 0.95, "high": 0.99},
                          "decay": {"low": 1e-4, "high": 1e-2, "log": True}}})
-    job = jobs.submit_job(runtime, spec)  # the defaults lie outside: nothing is enqueued
+    # the defaults lie outside the space: nothing is enqueued
+    job = jobs.submit_job(runtime, spec, caller=LOCAL)
     trial = runtime.studies.ask(job.study_name, spec, seed_offset=0, worker="w0")
     assert trial.config.beta_1 == pytest.approx(0.95)
     assert trial.config.decay == pytest.approx(1e-4)

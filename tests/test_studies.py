@@ -11,6 +11,7 @@ from tuner_service.db.session import engine_kwargs
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import JobCreate
 from tuner_service.studies import StudyStore, make_sampler
+from tuner_service.tenancy import LOCAL
 
 WORKERS = 4
 
@@ -24,7 +25,7 @@ def test_concurrent_asks_of_several_workers_give_distinct_configurations(runtime
                                                                           ) -> None:
     spec = JobCreate.model_validate({**GOOD, "budget": {"n_trials": 30, "epochs": 2},
                                      "warm_start": "off"})
-    job = jobs.submit_job(runtime, spec)
+    job = jobs.submit_job(runtime, spec, caller=LOCAL)
     for number in range(12):  # past TPE's 10 random startup trials
         asked = runtime.studies.ask(job.study_name, spec, seed_offset=0, worker="w0")
         runtime.studies.tell(job.study_name, asked.number, "complete",

@@ -24,12 +24,13 @@ from tuner_service.study_tables import (
     own_complete_rows,
     study_rows,
 )
+from tuner_service.tenancy import LOCAL
 from tuner_service.views import best_trial, job_public
 
 
 def _job(rt: Runtime, **changes: object) -> tuple[str, optuna.Study, JobCreate]:
     spec = JobCreate.model_validate({**GOOD, **changes})
-    job = jobs.submit_job(rt, spec)
+    job = jobs.submit_job(rt, spec, caller=LOCAL)
     study = optuna.load_study(study_name=job.study_name, storage=rt.studies.storage)
     return job.id, study, spec
 
@@ -63,8 +64,8 @@ def test_counts_and_best_match_the_full_study(runtime: Runtime, metric: str) -> 
     _add(study, TrialState.PRUNED, None, 0.05, epochs=1)
     _add(study, TrialState.FAIL, None, 0.07, epochs=0)
 
-    overview = jobs.job_overview(runtime, job_id)
-    _, records, _ = jobs.get_job(runtime, job_id)
+    overview = jobs.job_overview(runtime, job_id, tenant=None)
+    _, records, _ = jobs.get_job(runtime, job_id, tenant=None)
     public = job_public(overview)
     expected = best_trial(records, spec.objective.minimize)
     assert public.best == expected and expected is not None
@@ -79,7 +80,7 @@ def test_counts_and_best_match_the_full_study(runtime: Runtime, metric: str) -> 
 def test_the_fingerprint_changes_with_every_epoch_and_end(runtime: Runtime) -> None:
     job_id, study, _ = _job(runtime)
     def fingerprint() -> tuple[object, ...]:
-        return jobs.job_overview(runtime, job_id, fingerprint=True).fingerprint
+        return jobs.job_overview(runtime, job_id, fingerprint=True, tenant=None).fingerprint
 
     seen = {fingerprint()}
     trial = study.ask()
@@ -98,15 +99,15 @@ def test_a_complete_trial_without_its_numbers_does_not_break_the_list(
     job_id, study, _ = _job(runtime)
     # A record no worker of ours writes (a study edited by hand, say): complete, no params.
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1))
-    page, total = jobs.job_overviews(runtime, 0, 50)
+    page, total = jobs.job_overviews(runtime, 0, 50, tenant=None)
     assert total == 1 and job_public(page[0]).best is None
-    _, records, _ = jobs.get_job(runtime, job_id)
+    _, records, _ = jobs.get_job(runtime, job_id, tenant=None)
     assert best_trial(records, minimize=True) is None
 
 
 def test_failing_waiting_trials_leaves_one_a_worker_took_running(runtime: Runtime) -> None:
     job_id, study, spec = _job(runtime)
-    name = jobs.job_overview(runtime, job_id).job.study_name
+    name = jobs.job_overview(runtime, job_id, tenant=None).job.study_name
     taken = runtime.studies.ask(name, spec, seed_offset=0, worker="w")  # the paper defaults
     study.enqueue_trial({"learning_rate": 0.01})
     assert runtime.studies.fail_waiting(name, "never run") == 1
@@ -127,8 +128,8 @@ def test_trials_copied_from_earlier_jobs_are_neither_counted_nor_best(
     rows = study_rows(runtime.studies.storage.engine, [study.study_name])[study.study_name]
     assert rows.counts == {"complete": 1, "waiting": 1}
     assert rows.best is not None and (rows.best.number, rows.best.value) == (3, 0.5)
-    public = job_public(jobs.job_overview(runtime, job_id))
-    _, records, _ = jobs.get_job(runtime, job_id)
+    public = job_public(jobs.job_overview(runtime, job_id, tenant=None))
+    _, records, _ = jobs.get_job(runtime, job_id, tenant=None)
     assert public.best == best_trial(records, spec.objective.minimize)
     assert [(r.number, r.state) for r in records] == [(0, "waiting"), (3, "complete")]
 

@@ -19,12 +19,13 @@ from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime, build_runtime
 from tuner_service.schemas import JobCreate
+from tuner_service.tenancy import LOCAL
 
 
 def _job(rt: Runtime, n_trials: int = 2, **changes: object) -> str:
     spec = JobCreate.model_validate({**GOOD, "budget": {"n_trials": n_trials, "epochs": 3},
                                      **changes})
-    return jobs.submit_job(rt, spec).id
+    return jobs.submit_job(rt, spec, caller=LOCAL).id
 
 
 def _slot(rt: Runtime, job_id: str, slot: int) -> TrialSlotModel:
@@ -139,7 +140,7 @@ def test_attempts_are_bounded(runtime: Runtime) -> None:
     slot = _slot(runtime, job_id, 0)
     assert slot.state == "failed" and "gave up" in (slot.error or "")
     with session_scope(runtime.sessions) as session:
-        job = repo.find_job_or_raise(session, job_id)
+        job = repo.find_job_or_raise(session, job_id, tenant=None)
         assert job.status == "failed" and "no trial completed" in (job.error or "")
 
 
@@ -147,13 +148,13 @@ def test_cancel_stops_running_trials_at_their_next_epoch(runtime: Runtime) -> No
     job_id = _job(runtime, n_trials=3)
     ticket = trials.start_trial(runtime, job_id, 0, "task-a")
     assert ticket is not None
-    jobs.cancel_job(runtime, job_id)
+    jobs.cancel_job(runtime, job_id, tenant=None)
     assert trials.report_epoch(runtime, ticket, 1, 0.7) == "job cancelled"
     assert trials.start_trial(runtime, job_id, 1, "task-b") is None
     trials.finish_trial(runtime, ticket, trials.TrialOutcome("pruned", reason="cancelled"))
     with session_scope(runtime.sessions) as session:
         assert repo.slot_states(session, job_id) == {"done": 1, "cancelled": 2}
-        assert repo.find_job_or_raise(session, job_id).status == "cancelled"
+        assert repo.find_job_or_raise(session, job_id, tenant=None).status == "cancelled"
 
 
 def test_a_job_whose_trials_all_fail_is_failed_with_the_reason(runtime: Runtime) -> None:
@@ -162,7 +163,7 @@ def test_a_job_whose_trials_all_fail_is_failed_with_the_reason(runtime: Runtime)
     assert ticket is not None
     trials.finish_trial(runtime, ticket, trials.TrialOutcome("fail", reason="diverged: nan"))
     with session_scope(runtime.sessions) as session:
-        job = repo.find_job_or_raise(session, job_id)
+        job = repo.find_job_or_raise(session, job_id, tenant=None)
     assert job.status == "failed" and job.error == "no trial completed: diverged: nan"
 
 

@@ -27,6 +27,7 @@ from tuner_service.runtime import Runtime, build_runtime
 from tuner_service.schemas import JobCreate
 from tuner_service.studies import WARM_SOURCES_ATTR, WarmSource, WarmTrial
 from tuner_service.study_tables import WARM_ATTR
+from tuner_service.tenancy import LOCAL
 from tuner_service.validation import SpecRefused
 from tuner_service.warm_start import MAX_SOURCE_JOBS, MAX_WARM_TRIALS, choose
 
@@ -54,7 +55,7 @@ def _run(rt: Runtime, job_id: str, values: tuple[float, ...]) -> list[trials.Tri
 
 def _source(rt: Runtime, values: tuple[float, ...] = VALUES, **changes: Any
             ) -> tuple[str, list[trials.TrialTicket]]:
-    job_id = jobs.submit_job(rt, _spec(n_trials=len(values), **changes)).id
+    job_id = jobs.submit_job(rt, _spec(n_trials=len(values), **changes), caller=LOCAL).id
     return job_id, _run(rt, job_id, values)
 
 
@@ -114,7 +115,7 @@ def test_a_new_job_learns_from_an_earlier_one_without_counting_its_trials(
 
 def test_warm_start_off_copies_nothing(runtime: Runtime) -> None:
     _source(runtime)
-    job = jobs.submit_job(runtime, _spec(warm_start="off"))
+    job = jobs.submit_job(runtime, _spec(warm_start="off"), caller=LOCAL)
     assert _copies(runtime, job.id) == []
     assert runtime.studies.warm_start_sources(job.study_name) == []
     records = runtime.studies.records(job.study_name, _spec())
@@ -127,7 +128,7 @@ def test_a_job_on_another_task_is_not_learned_from(runtime: Runtime) -> None:
                     {"budget": {"n_trials": 3, "epochs": 2, "batch_size": 64}},
                     {"dataset": {"builtin": "digits", "max_samples": 500}},
                     {"objective": {"metric": "val_accuracy"}}):
-        job = jobs.submit_job(runtime, JobCreate.model_validate({**GOOD, **changes}))
+        job = jobs.submit_job(runtime, JobCreate.model_validate({**GOOD, **changes}), caller=LOCAL)
         assert _copies(runtime, job.id) == [], changes
 
 
@@ -145,7 +146,7 @@ def test_only_trials_inside_the_new_space_are_copied(
     runtime: Runtime, space: dict[str, Any], kept_slots: list[int]
 ) -> None:
     source_id, done = _source(runtime, enqueue=CHOSEN_RATES)
-    job = jobs.submit_job(runtime, _spec(search_space=space))
+    job = jobs.submit_job(runtime, _spec(search_space=space), caller=LOCAL)
     copies = _copies(runtime, job.id)
     assert [t.user_attrs[WARM_ATTR]["number"] for t in copies] == [
         done[slot].number for slot in kept_slots]
@@ -162,9 +163,9 @@ def test_only_trials_inside_the_new_space_are_copied(
 
 def test_copies_never_compound_and_the_newest_source_comes_first(runtime: Runtime) -> None:
     first_id, _ = _source(runtime)
-    second = jobs.submit_job(runtime, _spec(n_trials=2))
+    second = jobs.submit_job(runtime, _spec(n_trials=2), caller=LOCAL)
     _run(runtime, second.id, (0.6, 0.4))
-    third = jobs.submit_job(runtime, _spec())
+    third = jobs.submit_job(runtime, _spec(), caller=LOCAL)
     # The second job's 4 copies of the first are not copied again: only its own 2 trials.
     assert runtime.studies.warm_start_sources(third.study_name) == [
         WarmSource(second.id, 2), WarmSource(first_id, 4)]
@@ -174,9 +175,10 @@ def test_copies_never_compound_and_the_newest_source_comes_first(runtime: Runtim
 def test_named_jobs_are_exactly_the_sources(runtime: Runtime) -> None:
     first_id, _ = _source(runtime)
     second_id, _ = _source(runtime, values=(0.4, 0.2))
-    job = jobs.submit_job(runtime, _spec(warm_start=[first_id]))
+    job = jobs.submit_job(runtime, _spec(warm_start=[first_id]), caller=LOCAL)
     assert runtime.studies.warm_start_sources(job.study_name) == [WarmSource(first_id, 4)]
-    both = jobs.submit_job(runtime, _spec(warm_start=[first_id, second_id, first_id]))
+    both = jobs.submit_job(runtime, _spec(warm_start=[first_id, second_id, first_id]),
+                           caller=LOCAL)
     assert runtime.studies.warm_start_sources(both.study_name) == [
         WarmSource(first_id, 4), WarmSource(second_id, 2)]
 
@@ -201,7 +203,7 @@ def test_unknown_or_mismatched_named_jobs_are_422_and_nothing_is_written(
         assert message in errors[0]["message"]
         assert _rows(runtime) == before
     with pytest.raises(SpecRefused):
-        jobs.submit_job(runtime, _spec(warm_start=[unknown]))
+        jobs.submit_job(runtime, _spec(warm_start=[unknown]), caller=LOCAL)
 
 
 def _warm(number: int, value: float, lr: float, job_id: str = "a" * 32) -> WarmTrial:

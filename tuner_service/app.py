@@ -11,12 +11,13 @@ from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
 
 from tuner_service import __version__
+from tuner_service.api.auth import install_auth_handlers
 from tuner_service.api.bodies import BodyLimit
 from tuner_service.api.crosssite import CrossSiteGuard
 from tuner_service.api.docs import install_docs
 from tuner_service.api.errors import install_error_handlers
 from tuner_service.api.middleware import RequestGuard
-from tuner_service.api.routes import health, jobs, pages
+from tuner_service.api.routes import health, jobs, pages, signin
 from tuner_service.config import Settings
 from tuner_service.jobs import recover_lost_work
 from tuner_service.runtime import Runtime, build_runtime
@@ -54,9 +55,11 @@ def create_app(settings: Settings | None = None, *, recover_every_s: float | Non
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_auth_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(pages.router)
+    app.include_router(signin.router)
     install_docs(app)
     _add_middleware(app, runtime.settings)
     return app

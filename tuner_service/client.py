@@ -1,34 +1,96 @@
-"""A small Python client of the HTTP API (the CLI is built on it)."""
+"""A small Python client of the HTTP API (the CLI is built on it); answers are the API's models."""
 
 from __future__ import annotations
 
-from typing import Any
+import email.utils
+import time
+from collections.abc import Generator
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
+
+from tuner_service.config import Settings
+from tuner_service.report_schema import ReportPublic
+from tuner_service.schemas import JobPublic, JobsPublic, Me, SigninLink, TrialsPublic
+
+Model = TypeVar("Model", bound=BaseModel)
+
+TOKEN_HELP = "supply one with --token, the TUNER_TOKEN variable, or the file $TUNER_HOME/token"
 
 
 class ApiError(Exception):
-    """The server refused a request; ``str()`` names the fields at fault."""
+    """The server refused a request; ``str()`` says why and what to do about it."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
+    def __init__(self, status_code: int, detail: Any, retry_after: float | None = None) -> None:
         self.status_code = status_code
         self.detail = detail
+        self.retry_after = retry_after
         super().__init__(self._describe())
 
     def _describe(self) -> str:
         if isinstance(self.detail, list):
             lines = [f"{e.get('field', '?')}: {e.get('message', '')}" for e in self.detail]
             return "invalid job spec:\n  " + "\n  ".join(lines)
+        if 300 <= self.status_code < 400:
+            return (f"the server answered with a redirect to {self.detail}, as its pages do "
+                    f"when no valid API token comes\n  {TOKEN_HELP}")
+        if self.status_code == 401:
+            return f"missing or invalid API token: {self.detail}\n  {TOKEN_HELP}"
+        if self.status_code == 404:
+            # The server's own text usually says "not found" already.
+            text = str(self.detail)
+            return text if "not found" in text else f"not found: {text}"
+        if self.status_code == 429:
+            wait = f"; retry after {self.retry_after:g} s" if self.retry_after is not None else ""
+            return f"too many requests: {self.detail}{wait}"
         return f"HTTP {self.status_code}: {self.detail}"
 
 
-class TunerClient:
-    """Talks to one tuner-service API server."""
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay seconds or an HTTP date)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # unreadable: better no hint than a wrong one
+    return max(0.0, moment.timestamp() - time.time())
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0, *,
+
+class BearerToken(httpx.Auth):
+    """Sends ``Authorization: Bearer <token>`` with every request."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+class TunerClient:
+    """Talks to one tuner-service API server.
+
+    Its token: ``token=``, else TUNER_TOKEN, else the file ``$TUNER_HOME/token`` that
+    ``tuner up`` writes (as the CLI); or any httpx ``auth=`` instead.
+    """
+
+    def __init__(self, base_url: str | None = None, timeout_s: float = 30.0, *,
+                 token: str | None = None, auth: httpx.Auth | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                  transport=transport)
+        if token is not None and auth is not None:
+            raise ValueError("pass token= or auth=, not both")
+        settings = Settings()
+        if auth is None:
+            found = settings.client_token(token)
+            auth = BearerToken(found) if found is not None else None
+        self._http = httpx.Client(base_url=(base_url or settings.url).rstrip("/"),
+                                  timeout=timeout_s, auth=auth, transport=transport)
 
     def __enter__(self) -> TunerClient:
         return self
@@ -40,25 +102,26 @@ class TunerClient:
         """Close the connection pool."""
         self._http.close()
 
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, spec: dict[str, Any]) -> JobPublic:
         """Submit a job spec; returns the new job."""
-        return self._call("POST", "/v1/jobs", json=spec)
+        return self._call(JobPublic, "POST", "/v1/jobs", json=spec)
 
-    def jobs(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    def jobs(self, offset: int = 0, limit: int = 50) -> JobsPublic:
         """A page of jobs, newest first."""
-        return self._call("GET", "/v1/jobs", params={"offset": offset, "limit": limit})
+        return self._call(JobsPublic, "GET", "/v1/jobs",
+                          params={"offset": offset, "limit": limit})
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobPublic:
         """One job's status and progress."""
-        return self._call("GET", f"/v1/jobs/{job_id}")
+        return self._call(JobPublic, "GET", f"/v1/jobs/{job_id}")
 
-    def trials(self, job_id: str) -> dict[str, Any]:
+    def trials(self, job_id: str) -> TrialsPublic:
         """A job's trials."""
-        return self._call("GET", f"/v1/jobs/{job_id}/trials")
+        return self._call(TrialsPublic, "GET", f"/v1/jobs/{job_id}/trials")
 
-    def report(self, job_id: str) -> dict[str, Any]:
+    def report(self, job_id: str) -> ReportPublic:
         """A job's best-config report."""
-        return self._call("GET", f"/v1/jobs/{job_id}/report")
+        return self._call(ReportPublic, "GET", f"/v1/jobs/{job_id}/report")
 
     def report_html(self, job_id: str) -> str:
         """A job's report as one self-contained HTML page (plotly.js inlined)."""
@@ -70,10 +133,20 @@ class TunerClient:
         """Where a browser shows the live report page."""
         return f"{self._http.base_url}/v1/jobs/{job_id}/report.html"
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobPublic:
         """Cancel a job."""
         # No body, so no Content-Type: the server refuses POSTs whose content type is not JSON.
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._call(JobPublic, "POST", f"/v1/jobs/{job_id}/cancel")
+
+    def me(self) -> Me:
+        """The tenant the token acts for, and whether it is an admin token."""
+        return self._call(Me, "GET", "/v1/me")
+
+    def signin_link(self, next_path: str = "/") -> SigninLink:
+        """A one-time link (valid for a minute) that signs a browser in as this token and
+        then shows ``next_path``."""
+        return self._call(SigninLink, "POST", "/v1/auth/signin-links",
+                          params={"next": next_path})
 
     def healthy(self) -> bool:
         """True when the server answers its health check."""
@@ -82,16 +155,24 @@ class TunerClient:
         except httpx.TransportError:
             return False
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        body: dict[str, Any] = self._request(method, path, **kwargs).json()
-        return body
+    def _call(self, model: type[Model], method: str, path: str, **kwargs: Any) -> Model:
+        return model.model_validate(self._request(method, path, **kwargs).json())
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
+        if not response.is_success:
+            raise _api_error(response)
         return response
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    if response.is_redirect:
+        # Not followed: a redirect is how the HTML pages send a browser without a session to
+        # sign in, and saving that sign-in page as the report would hide the refusal.
+        return ApiError(response.status_code, response.headers["location"])
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    return ApiError(response.status_code, detail,
+                    parse_retry_after(response.headers.get("Retry-After")))

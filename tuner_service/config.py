@@ -48,6 +48,21 @@ class Settings(BaseSettings):
         "Adam's two moments, activations of one batch); checked at submit. E.g. 4GiB.",
     )
 
+    # Limits per tenant (a 429 names the one passed); the per-job caps above apply too.
+    tenant_max_active_jobs: int = Field(
+        default=50, ge=1, description="Jobs a tenant may have queued or running at once.")
+    tenant_max_queued_trials: int = Field(
+        default=10_000, ge=1, description="Trials a tenant may have waiting for a worker.")
+    admin_exempt_from_limits: bool = Field(
+        default=False, description="Let admin tokens pass the tenant limits.")
+
+    # Tokens and browser sessions.
+    token: str | None = Field(
+        default=None, description="The CLI's and Python client's API token (else the file "
+        "$TUNER_HOME/token, which `tuner up` writes).")
+    browser_session_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long a browser stays signed in.")
+
     # HTTP hardening.
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default=list(LOOPBACK_HOSTS),
@@ -89,6 +104,23 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'tuner.db').resolve()}"
+
+    @property
+    def token_file(self) -> Path:
+        """Where ``tuner up`` keeps the embedded default's admin token (mode 0600)."""
+        return self.home / "token"
+
+    def client_token(self, explicit: str | None = None) -> str | None:
+        """The token a client sends: ``explicit`` (--token), else TUNER_TOKEN, else the
+        file ``tuner up`` wrote, when there is one."""
+        if explicit:
+            return explicit
+        if self.token:
+            return self.token
+        try:
+            return self.token_file.read_text(encoding="utf-8").strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -18,6 +18,7 @@ from tuner_service.dispatch import dispatch
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
 from tuner_service.studies import StudySummary, TrialRecord, WarmSource, study_name_for
+from tuner_service.tenancy import Caller, LimitExceeded
 from tuner_service.trials import close_study
 from tuner_service.warm_start import warm_plan
 
@@ -30,11 +31,13 @@ class JobConflict(Exception):
     """The job is in a state that does not allow the request."""
 
 
-def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
-    """Store the job and its study (warm-started from earlier jobs' trials), then enqueue one
-    task per trial (after the commit). Raises ``SpecRefused`` before writing anything when
-    ``warm_start`` names jobs it cannot learn from."""
-    warm = warm_plan(rt, spec)
+def submit_job(rt: Runtime, spec: JobCreate, *, caller: Caller) -> JobModel:
+    """Store the job, owned by the caller's tenant, and its study (warm-started from earlier
+    jobs' trials), then enqueue one task per trial (after the commit). Before writing
+    anything, raises ``SpecRefused`` when ``warm_start`` names jobs it cannot learn from and
+    ``LimitExceeded`` when the tenant has too much work queued already."""
+    warm = warm_plan(rt, spec, owner=caller.tenant, scope=caller.scope)
+    check_limits(rt, spec, caller)
     job_id = uuid.uuid4().hex
     study_name = study_name_for(job_id)
     rt.studies.create(study_name, spec, warm.trials, warm.first)
@@ -44,6 +47,7 @@ def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
         status="queued",
         spec=spec.model_dump(mode="json"),
         study_name=study_name,
+        tenant=caller.tenant,
         n_trials=spec.budget.n_trials,
         created_at=utcnow(),
     )
@@ -57,10 +61,32 @@ def submit_job(rt: Runtime, spec: JobCreate) -> JobModel:
     return job
 
 
-def cancel_job(rt: Runtime, job_id: str) -> None:
-    """Stop handing out trials; running ones are pruned at their next epoch."""
+def check_limits(rt: Runtime, spec: JobCreate, caller: Caller) -> None:
+    """``LimitExceeded`` when the job would take the caller's tenant past one of its limits
+    (jobs queued or running, trials queued); admins too, unless configured otherwise."""
+    settings = rt.settings
+    if caller.is_admin and settings.admin_exempt_from_limits:
+        return
     with session_scope(rt.sessions) as session:
-        job = repo.find_job_or_raise(session, job_id)
+        active = repo.active_jobs(session, tenant=caller.tenant)
+        queued = repo.queued_slots(session, tenant=caller.tenant)
+    if active >= settings.tenant_max_active_jobs:
+        raise LimitExceeded(
+            f"tenant {caller.tenant!r} has {active} jobs queued or running; its limit "
+            f"(TUNER_TENANT_MAX_ACTIVE_JOBS) is {settings.tenant_max_active_jobs}: wait for "
+            "one to end, or cancel one")
+    if queued + spec.budget.n_trials > settings.tenant_max_queued_trials:
+        raise LimitExceeded(
+            f"tenant {caller.tenant!r} has {queued} trials queued and this job adds "
+            f"{spec.budget.n_trials}; its limit (TUNER_TENANT_MAX_QUEUED_TRIALS) is "
+            f"{settings.tenant_max_queued_trials} trials queued at once")
+
+
+def cancel_job(rt: Runtime, job_id: str, *, tenant: str | None) -> None:
+    """Stop handing out trials; running ones are pruned at their next epoch. NotFound when
+    ``tenant`` may not see the job."""
+    with session_scope(rt.sessions) as session:
+        job = repo.find_job_or_raise(session, job_id, tenant=tenant)
         # A conditional update, not a read-then-write: a worker may finish the job meanwhile.
         changed = session.execute(
             update(JobModel)
@@ -112,29 +138,33 @@ class JobOverview:
                 tuple(sorted(self.slots.items())), self.study.fingerprint)
 
 
-def job_overview(rt: Runtime, job_id: str, *, fingerprint: bool = False) -> JobOverview:
+def job_overview(rt: Runtime, job_id: str, *, tenant: str | None, fingerprint: bool = False
+                 ) -> JobOverview:
     """One job's overview (with the study's fingerprint if asked); NotFound when there is
-    no such job."""
+    no such job that ``tenant`` may see."""
     final = rt.final_jobs.get(job_id)
-    if final is not None:
+    if final is not None and tenant in (None, final.job.tenant):
         return final
     with session_scope(rt.sessions) as session:
-        job = repo.find_job_or_raise(session, job_id)
+        job = repo.find_job_or_raise(session, job_id, tenant=tenant)
         slots = repo.slot_states_of(session, [job.id])
     spec = rt.specs.get(job.id) or JobCreate.model_validate(job.spec)  # loaded with the row
     rt.specs.put(job.id, spec)
     return _overviews(rt, [job], slots, {job.id: spec}, fingerprint=fingerprint)[0]
 
 
-def job_overviews(rt: Runtime, offset: int, limit: int) -> tuple[list[JobOverview], int]:
-    """A page of job overviews, newest first, and the number of jobs. Jobs that can no longer
-    change are served from memory; only the others are read."""
+def job_overviews(rt: Runtime, offset: int, limit: int, *, tenant: str | None
+                  ) -> tuple[list[JobOverview], int]:
+    """A page of the overviews of the jobs ``tenant`` may see, newest first, and the number
+    of those jobs. Jobs that can no longer change are served from memory; only the others are
+    read."""
     with session_scope(rt.sessions) as session:
-        ids, total = repo.page_of_job_ids(session, offset=offset, limit=limit)
+        ids, total = repo.page_of_job_ids(session, offset=offset, limit=limit, tenant=tenant)
         final = {job_id: rt.final_jobs.get(job_id) for job_id in ids}
-        changing = repo.jobs_by_ids(session, [i for i in ids if final[i] is None])
+        changing = repo.jobs_by_ids(session, [i for i in ids if final[i] is None],
+                                    tenant=tenant)
         slots = repo.slot_states_of(session, list(changing))
-        specs = _specs(rt, session, list(changing))
+        specs = _specs(rt, session, list(changing), tenant)
     fresh = {o.job.id: o for o in _overviews(rt, list(changing.values()), slots, specs)}
     return [final[job_id] or fresh[job_id] for job_id in ids], total
 
@@ -153,12 +183,13 @@ def _overviews(rt: Runtime, page: list[JobModel], slots: dict[str, dict[str, int
     return overviews
 
 
-def _specs(rt: Runtime, session: Session, job_ids: list[str]) -> dict[str, JobCreate]:
+def _specs(rt: Runtime, session: Session, job_ids: list[str], tenant: str | None
+           ) -> dict[str, JobCreate]:
     """These jobs' validated specs. A spec never changes, so each is read and validated once
     per process; the rest come from memory."""
     specs = {job_id: rt.specs.get(job_id) for job_id in job_ids}
     unknown = [job_id for job_id, spec in specs.items() if spec is None]
-    for job_id, stored in repo.job_specs(session, unknown).items():
+    for job_id, stored in repo.job_specs(session, unknown, tenant=tenant).items():
         spec = specs[job_id] = JobCreate.model_validate(stored)
         rt.specs.put(job_id, spec)
     return {job_id: spec for job_id, spec in specs.items() if spec is not None}
@@ -174,16 +205,18 @@ class JobDetail:
     warm: list[WarmSource]
 
 
-def job_detail(rt: Runtime, job_id: str) -> JobDetail:
+def job_detail(rt: Runtime, job_id: str, *, tenant: str | None) -> JobDetail:
     """A job with its trials, confirmation runs and the jobs it learned from."""
-    job, records, runs = get_job(rt, job_id)
+    job, records, runs = get_job(rt, job_id, tenant=tenant)
     return JobDetail(job, records, runs, rt.studies.warm_start_sources(job.study_name))
 
 
-def get_job(rt: Runtime, job_id: str) -> tuple[JobModel, list[TrialRecord], list[ConfirmRun]]:
-    """A job, its trials and its confirmation runs."""
+def get_job(rt: Runtime, job_id: str, *, tenant: str | None
+            ) -> tuple[JobModel, list[TrialRecord], list[ConfirmRun]]:
+    """A job, its trials and its confirmation runs; NotFound when ``tenant`` may not see
+    it."""
     with session_scope(rt.sessions) as session:
-        job = repo.find_job_or_raise(session, job_id)
+        job = repo.find_job_or_raise(session, job_id, tenant=tenant)
         runs = repo.confirm_runs(session, job_id)
     records = rt.studies.records(job.study_name, JobCreate.model_validate(job.spec))
     return job, records, runs

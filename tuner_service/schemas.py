@@ -215,6 +215,9 @@ class JobPublic(BaseModel):
 
     id: str
     name: str
+    # The default is what servers from before tenants had: every job was the local tenant's.
+    tenant: str = Field(default="local",
+                        description="The tenant that owns the job (its submitter's)")
     status: JobStatus
     error: str | None
     created_at: datetime
@@ -258,6 +261,21 @@ class TrialsPublic(BaseModel):
 
     items: list[TrialPublic]
     total: int
+
+
+class SigninLink(BaseModel):
+    """A one-time link that signs a browser in as the token that asked for it."""
+
+    url: str
+    expires_in_s: int = Field(description="The link works once, within this many seconds")
+
+
+class Me(BaseModel):
+    """What the caller's token is."""
+
+    tenant: str
+    is_admin: bool
+    token_id: str | None
 
 
 class FieldError(BaseModel):

@@ -94,7 +94,7 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
     """Claim a slot and ask its job's study for a trial (or, for a confirm slot, load its
     run); None when there is nothing to run."""
     with session_scope(rt.sessions) as session:
-        job = repo.find_job(session, job_id)
+        job = repo.find_job(session, job_id, tenant=repo.EVERY_TENANT)
         if job is None:
             return None
         spec = JobCreate.model_validate(job.spec)
@@ -242,7 +242,8 @@ def _is_lost(slot: TrialSlotModel, task_id: str, stale: datetime) -> bool:
 def _give_up(rt: Runtime, slot: TrialSlotModel) -> None:
     reason = f"worker lost {rt.settings.max_trial_attempts} times; gave up"
     with session_scope(rt.sessions) as session:
-        study_name = repo.find_job_or_raise(session, slot.job_id).study_name
+        study_name = repo.find_job_or_raise(session, slot.job_id,
+                                            tenant=repo.EVERY_TENANT).study_name
         ended = _update_slot(session, repo.slot_key(slot.job_id, slot.slot)
                              & (TrialSlotModel.attempts == slot.attempts)
                              & TrialSlotModel.state.in_(("queued", "running")),
@@ -286,7 +287,7 @@ def report_epoch(rt: Runtime, ticket: TrialTicket, epoch: int, value: float) -> 
     """
     with session_scope(rt.sessions) as session:
         owned = _update_slot(session, _owned_by(ticket.claim), heartbeat_at=utcnow())
-        job = repo.find_job_or_raise(session, ticket.job_id)
+        job = repo.find_job_or_raise(session, ticket.job_id, tenant=repo.EVERY_TENANT)
         status = job.status
     if not owned:
         return LOST
@@ -341,7 +342,7 @@ def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
         if any(repo.split_slot_key(s)[1] not in repo.TERMINAL_SLOT_STATES for s in states):
             return
         confirmed = any(repo.split_slot_key(s)[0] == repo.CONFIRM for s in states)
-        job = repo.find_job_or_raise(session, job_id)
+        job = repo.find_job_or_raise(session, job_id, tenant=repo.EVERY_TENANT)
         spec = JobCreate.model_validate(job.spec)
         study_name, status, n_trials = job.study_name, job.status, job.n_trials
     records = rt.studies.records(study_name, spec)
@@ -400,7 +401,8 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     _set_final_status(rt, job_id, "failed", reason)
     with session_scope(rt.sessions) as session:
         lost = repo.cancel_open_slots(session, job_id=job_id)
-        study_name = repo.find_job_or_raise(session, job_id).study_name
+        study_name = repo.find_job_or_raise(session, job_id,
+                                            tenant=repo.EVERY_TENANT).study_name
     close_study(rt, study_name, lost)
 
 

@@ -51,6 +51,7 @@ def job_public(overview: JobOverview) -> JobPublic:
     return JobPublic(
         id=job.id,
         name=job.name,
+        tenant=job.tenant,
         status=job.status,
         error=job.error,
         created_at=aware(job.created_at),

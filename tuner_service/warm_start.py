@@ -62,16 +62,20 @@ def differences(new: JobCreate, old: JobCreate) -> list[str]:
     return [name for name, same in fields.items() if not same]
 
 
-def warm_plan(rt: Runtime, spec: JobCreate) -> WarmPlan:
-    """What a job with ``spec`` starts from. Raises ``SpecRefused`` when it names jobs that
-    do not exist or train something else; it writes nothing."""
+def warm_plan(rt: Runtime, spec: JobCreate, *, owner: str, scope: str | None) -> WarmPlan:
+    """What a job with ``spec`` starts from: ``auto`` learns from the owner tenant's own jobs,
+    named jobs must be visible in ``scope`` (see ``repository.EVERY_TENANT``). Raises
+    ``SpecRefused`` when it names jobs that do not exist (for the caller) or train something
+    else; it writes nothing."""
     if spec.warm_start == "off":
         return WarmPlan()
     with session_scope(rt.sessions) as session:
         if spec.warm_start == "auto":
-            sources, max_jobs = _recent_sources(rt, session, spec), MAX_SOURCE_JOBS
+            sources = _recent_sources(rt, session, spec, owner)
+            max_jobs: int | None = MAX_SOURCE_JOBS
         else:
-            sources, max_jobs = _named_sources(rt, session, spec.warm_start, spec), None
+            sources = _named_sources(rt, session, spec.warm_start, spec, scope)
+            max_jobs = None
     trials = (rt.studies.own_complete_trials(s.job_id, s.study_name, s.spec) for s in sources)
     return choose(spec, trials, max_jobs=max_jobs)
 
@@ -116,20 +120,22 @@ def _first(spec: JobCreate, trials: Sequence[WarmTrial]) -> list[AdamConfig]:
     return first
 
 
-def _recent_sources(rt: Runtime, session: Session, spec: JobCreate) -> list[_Source]:
-    """The newest jobs on the same task, newest first."""
+def _recent_sources(rt: Runtime, session: Session, spec: JobCreate, owner: str
+                    ) -> list[_Source]:
+    """The owner's newest jobs on the same task, newest first."""
     rows = repo.recent_specs_on(session, model=spec.model.builtin,
                                 dataset=spec.dataset.builtin, epochs=spec.budget.epochs,
-                                limit=MAX_CANDIDATES)
+                                limit=MAX_CANDIDATES, tenant=owner)
     sources = [_source(rt, row) for row in rows]
     return [source for source in sources if not differences(spec, source.spec)]
 
 
-def _named_sources(rt: Runtime, session: Session, job_ids: list[str], spec: JobCreate
-                   ) -> list[_Source]:
-    """Exactly the named jobs, in the order named; every one must exist and be on the same
-    task, or the job is refused naming each one that is not."""
-    found = {row.job_id: _source(rt, row) for row in repo.stored_specs(session, job_ids)}
+def _named_sources(rt: Runtime, session: Session, job_ids: list[str], spec: JobCreate,
+                   scope: str | None) -> list[_Source]:
+    """Exactly the named jobs, in the order named; every one must exist (for the caller) and
+    be on the same task, or the job is refused naming each one that is not."""
+    rows = repo.stored_specs(session, job_ids, tenant=scope)
+    found = {row.job_id: _source(rt, row) for row in rows}
     problems: list[Problem] = []
     for index, job_id in enumerate(job_ids):
         source = found.get(job_id)

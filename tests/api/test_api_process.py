@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import settings_env
+from tests.conftest import new_token, settings_env
 from tuner_service.config import Settings
 
 SCRIPT = """
@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from tuner_service.app import create_app
 from tuner_service.config import Settings
 
-with TestClient(create_app(Settings(), recover_every_s=None)) as client:
+with TestClient(create_app(Settings(), recover_every_s=None),
+                headers={"Authorization": "Bearer " + Settings().token}) as client:
     job = client.post("/v1/jobs", json={"model": {"builtin": "cnn"},
                                         "dataset": {"builtin": "digits"}}).json()
     client.get("/v1/jobs")
@@ -27,7 +28,8 @@ print("LOADED", heavy)
 
 
 def test_the_api_process_has_not_loaded_tensorflow(settings: Settings) -> None:
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=settings_env(settings),
+    env = {**settings_env(settings), "TUNER_TOKEN": new_token(settings)}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout

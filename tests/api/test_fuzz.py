@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from schemathesis.python import asgi
 
 from tests.api.test_jobs_validation import GOOD
+from tests.conftest import bearer, new_token
 from tuner_service.app import create_app
 from tuner_service.config import Settings
 
@@ -90,6 +91,22 @@ def _app_openapi() -> dict[str, Any]:
 schema = schemathesis.openapi.from_dict(
     _app_openapi(), config=schemathesis.Config.from_dict(FUZZ_CONFIG)
 )
+# The token of the database under test now (each fuzz_app makes one); read at every request.
+CURRENT_TOKEN: dict[str, str] = {}
+
+
+@schema.auth(refresh_interval=None)
+class FuzzToken:
+    """Sends the fuzzed app's token on every request schemathesis does not mean to send
+    without one (it still probes each operation without it: each must answer 401)."""
+
+    def get(self, case: schemathesis.Case, context: Any) -> str:
+        return CURRENT_TOKEN.get("secret", "")  # none yet while tests are collected
+
+    def set(self, case: schemathesis.Case, data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
 # Chains of real jobs along the links schemathesis infers (submit -> get, trials, report, cancel).
 # The job list is left out: what it answers depends on every earlier scenario's jobs, and
 # Hypothesis needs a scenario to play out the same way when it replays it.
@@ -103,9 +120,11 @@ def fuzz_app(settings: Settings) -> Iterator[FastAPI]:
     schemathesis sends ``Host: testserver``, which the ``settings`` fixture allows.
     """
     app = create_app(settings, recover_every_s=None)
+    CURRENT_TOKEN["secret"] = new_token(settings)  # a tenant's token, not an admin's
     try:
         # The client starts the app's lifespan; schemathesis keeps it running for its requests.
         with asgi.get_client(app) as client:
+            client.headers.update(bearer(CURRENT_TOKEN["secret"]))
             for name in ("fuzz-queued", "fuzz-cancelled"):
                 response = client.post("/v1/jobs", json={**GOOD, "name": name})
                 assert response.status_code == 201, response.text
@@ -120,12 +139,16 @@ def fuzz_app(settings: Settings) -> Iterator[FastAPI]:
 @hypothesis.settings(suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 def test_every_operation_answers_as_documented(case: schemathesis.Case, fuzz_app: FastAPI
                                                ) -> None:
+    # The app also answers the probes schemathesis sends without the token (its
+    # ignored_auth check: each must be refused).
+    case.operation.app = case.operation.schema.app = fuzz_app
     case.call_and_validate(app=fuzz_app)
 
 
 def test_job_workflows_answer_as_documented(fuzz_app: FastAPI) -> None:
     class Workflows(WORKFLOWS):
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            case.operation.app = case.operation.schema.app = fuzz_app
             return {"app": fuzz_app}
 
     Workflows.run(settings=WORKFLOW_SETTINGS)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import bearer, new_token
 from tests.servers import free_port
 from tuner_service.app import create_app
 from tuner_service.config import Settings
@@ -32,11 +33,22 @@ def test_readiness_names_what_is_down_and_leaks_nothing(
         bad = _down(settings, database_url=f"postgresql+psycopg://tuner:pw@127.0.0.1:{port}/x")
     else:
         bad = _down(settings, broker_url=f"redis://127.0.0.1:{port}/0")
-    with TestClient(create_app(bad, recover_every_s=None)) as client:
+    headers = bearer(new_token(settings))  # made while the database is up
+    with TestClient(create_app(bad, recover_every_s=None), headers=headers) as client:
         assert client.get("/healthz").status_code == 200  # liveness: the process is fine
         ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.headers["retry-after"] == "5"
-    body = ready.json()
-    assert body["status"] == "unavailable" and body[broken] == "unreachable"
-    assert body["database" if broken == "broker" else "broker"] == "ok"
     assert str(port) not in ready.text and "127.0.0.1" not in ready.text
+    body = ready.json()
+    if broken == "database":  # the token cannot even be checked: the same 503, any body
+        assert "database is unavailable" in body["detail"]
+        return
+    assert body["status"] == "unavailable" and body[broken] == "unreachable"
+    assert body["database"] == "ok"
+
+
+def test_readiness_needs_a_token_liveness_does_not(settings: Settings) -> None:
+    with TestClient(create_app(settings, recover_every_s=None)) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200
+        refused = anonymous.get("/readyz")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"

@@ -20,7 +20,7 @@ from plotly.offline import get_plotlyjs
 
 import tests.conftest as conftest
 from tests.api.test_jobs_validation import GOOD
-from tests.conftest import http_server, make_settings
+from tests.conftest import bearer, http_server, make_settings, new_token
 from tests.web.test_report_pages import CHROMIUM, _playwright_or_skip
 from tuner_service.api.crosssite import AllowedHosts, host_name
 from tuner_service.app import create_app
@@ -100,7 +100,8 @@ def _job(client: TestClient) -> str:
 def test_an_unhandled_error_is_json_500_logged_with_its_id_and_the_connection_lives_on(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with http_server(settings) as url, httpx.Client(base_url=url) as http:
+    headers = bearer(new_token(settings))
+    with http_server(settings) as url, httpx.Client(base_url=url, headers=headers) as http:
         failed = http.get("/test/boom")
         after = http.get("/v1/jobs")
         ports = {_local_port(failed), _local_port(after)}
@@ -156,13 +157,14 @@ def test_a_chunked_body_over_the_cap_is_413_and_writes_nothing(
 
 def test_a_chunked_body_is_replayed_to_the_app_over_a_real_server(settings: Settings) -> None:
     small = settings.model_copy(update={"max_request_bytes": 5_000})
-    with http_server(small) as url, httpx.Client(base_url=url) as http:
+    headers = bearer(new_token(settings))
+    with http_server(small) as url, httpx.Client(base_url=url, headers=headers) as http:
         spec = httpx.Request("POST", "/", json=GOOD).content
         accepted = http.post("/v1/jobs", content=iter([spec[:10], spec[10:]]),
                              headers={"content-type": "application/json"})
         refused = http.post("/v1/jobs", content=_chunks(6_000),
                             headers={"content-type": "application/json"})
-        total = httpx.get(f"{url}/v1/jobs").json()["total"]
+        total = http.get("/v1/jobs").json()["total"]
     assert accepted.status_code == 201, accepted.text
     assert refused.status_code == 413 and "larger than 5000" in refused.json()["detail"]
     assert total == 1
@@ -228,7 +230,8 @@ def test_allowed_hosts_star_answers_any_host_but_not_a_foreign_origin(
     sqlite_settings: Settings
 ) -> None:
     anything = sqlite_settings.model_copy(update={"allowed_hosts": ["*"]})
-    with TestClient(create_app(anything, recover_every_s=None)) as client:
+    headers = bearer(new_token(sqlite_settings))
+    with TestClient(create_app(anything, recover_every_s=None), headers=headers) as client:
         assert client.get("/v1/jobs", headers={"host": "api.internal"}).status_code == 200
         same = client.post("/v1/jobs", json=GOOD, headers={
             "host": "api.internal", "origin": "https://api.internal"})
@@ -294,10 +297,11 @@ def test_a_cross_site_form_post_cannot_cancel_a_job(client: TestClient) -> None:
 
 
 def test_the_cli_client_submits_and_cancels_over_a_real_server(settings: Settings) -> None:
-    with http_server(settings) as url, TunerClient(url) as api:
+    with http_server(settings) as url, TunerClient(url, token=new_token(settings)) as api:
         job = api.submit(GOOD)
-        assert api.cancel(job["id"])["status"] == "cancelled"
-        assert api.jobs()["total"] == 1 and api.healthy()
+        assert api.cancel(job.id).status == "cancelled"
+        assert api.jobs().total == 1 and api.healthy()
+        assert api.me().tenant == "local" and not api.me().is_admin
 
 
 # --- security headers and the CSP -------------------------------------------------------------
@@ -397,17 +401,20 @@ def test_swagger_ui_and_redoc_render_in_chromium_under_the_csp(sqlite_settings: 
         page.wait_for_timeout(500)  # ReDoc starts its search worker after the first render
         redoc_problems = [*problems[len(swagger_problems):], *page.evaluate("window.violations")]
 
-        # A same-origin write from our page (what "Try it out" sends) passes the guards.
-        status = page.evaluate("""() => fetch('/v1/jobs', {method: 'POST',
-            headers: {'content-type': 'application/json'}, body: '{}'})
-            .then(r => r.text().then(() => r.status))""")
+        # A same-origin write from our page (what "Try it out" sends) passes the guards: to
+        # the token check without one, to validation with one.
+        post = """token => fetch('/v1/jobs', {method: 'POST', headers: Object.assign(
+            {'content-type': 'application/json'},
+            token ? {'authorization': 'Bearer ' + token} : {}), body: '{}'})
+            .then(r => r.text().then(() => r.status))"""
+        statuses = [page.evaluate(post, token) for token in ("", new_token(sqlite_settings))]
 
     assert swagger_problems == [], "\n".join(swagger_problems)
     assert shown == sum(len(operations) for operations in schema["paths"].values())
     # ReDoc's "API docs by Redocly" link shows a logo from cdn.redoc.ly, hard-coded: our CSP
     # blocks it (no request leaves for another site) and ReDoc hides the image. Nothing else.
     assert redoc_problems and all(REDOC_LOGO in p for p in redoc_problems), redoc_problems
-    assert status == 422
+    assert statuses == [401, 422]
 
 
 @pytest.mark.usefixtures("served_with_test_routes")

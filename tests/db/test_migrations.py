@@ -19,8 +19,8 @@ def test_upgrade_creates_our_tables_with_their_own_version_table(settings: Setti
         with engine.connect() as connection:
             ours = connection.execute(text("SELECT version_num FROM tuner_alembic_version"))
             optunas = connection.execute(text("SELECT version_num FROM alembic_version"))
-            assert ours.scalar() == "0002"
-            assert optunas.scalar() not in ("0001", "0002")
+            assert ours.scalar() == "0003"
+            assert optunas.scalar() not in ("0001", "0002", "0003")
     finally:
         engine.dispose()
 
@@ -50,5 +50,23 @@ def test_downgrade_and_upgrade_again_is_clean(settings: Settings) -> None:
         upgrade(settings)
         upgrade(settings)  # idempotent
         assert "tuner_jobs" in set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_jobs_from_before_tenants_belong_to_the_local_tenant(settings: Settings) -> None:
+    downgrade(settings, "0002")
+    engine = make_engine(settings)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO tuner_jobs (id, name, status, spec, study_name, n_trials, "
+                "created_at) VALUES ('a' || :tail, 'old', 'succeeded', '{}', 'tuner-job-old', "
+                "3, CURRENT_TIMESTAMP)"), {"tail": "0" * 31})
+        upgrade(settings)
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT name, tenant FROM tuner_jobs")).all()
+        assert [tuple(row) for row in rows] == [("old", "local")]
+        assert {"tuner_tokens", "tuner_browser_sessions"} <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()

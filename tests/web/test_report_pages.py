@@ -19,7 +19,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REQUIRE_SERVERS, WorkerStack, http_server, settings_env
+from tests.conftest import (
+    REQUIRE_SERVERS,
+    WorkerStack,
+    bearer,
+    http_server,
+    new_token,
+    settings_env,
+)
 from tuner_service.cli import EXAMPLE_SPEC
 from tuner_service.schemas import JobCreate
 
@@ -105,7 +112,8 @@ def test_the_cli_writes_the_report_page_that_the_server_serves(
     result = subprocess.run(
         [sys.executable, "-m", "tuner_service.cli", "report", finished_job["id"],
          "--html", str(target), "--url", server_url],
-        env=settings_env(stack.settings), capture_output=True, text=True, timeout=120)
+        env={**settings_env(stack.settings), "TUNER_TOKEN": new_token(stack.settings)},
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     page = target.read_text()
     assert "report-e2e" in page and "Plotly" in page  # plotly.js inlined: works offline
@@ -113,7 +121,7 @@ def test_the_cli_writes_the_report_page_that_the_server_serves(
 
 
 def test_the_report_page_renders_every_plot_in_chromium(
-    finished_job: dict[str, Any], server_url: str, tmp_path: Path
+    stack: WorkerStack, finished_job: dict[str, Any], server_url: str, tmp_path: Path
 ) -> None:
     sync_api = _playwright_or_skip()
     with sync_api.sync_playwright() as playwright:
@@ -125,7 +133,11 @@ def test_the_report_page_renders_every_plot_in_chromium(
         page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
-        page.goto(f"{server_url}/")
+        page.goto(f"{server_url}/")  # not signed in: to the sign-in form, then back
+        page.wait_for_url("**/signin?next=/")
+        page.fill("#token", new_token(stack.settings))
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{server_url}/")
         page.click(f"a[href='/v1/jobs/{finished_job['id']}/report.html']")
         page.wait_for_url(f"**/v1/jobs/{finished_job['id']}/report.html")
         page.wait_for_function(
@@ -143,7 +155,9 @@ def test_the_report_page_renders_every_plot_in_chromium(
         # The standalone page (what `tuner report --html` saves) draws offline from a file.
         saved = tmp_path / "saved.html"
         saved.write_text(httpx.get(f"{server_url}/v1/jobs/{finished_job['id']}/report.html",
-                                   params={"standalone": True}).text, encoding="utf-8")
+                                   params={"standalone": True},
+                                   headers=bearer(new_token(stack.settings))).text,
+                         encoding="utf-8")
         offline = browser.new_page(viewport={"width": 1280, "height": 900})
         offline.on("pageerror", lambda error: errors.append(f"offline page error: {error}"))
         offline.route("**/*", lambda route: route.abort() if route.request.url.startswith(

@@ -19,6 +19,10 @@ from tuner_service.api.middleware import send_json
 # Probes often call by IP address (a load balancer, a kubelet): they must not need a host name.
 HOST_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The sign-in pages' plain HTML forms: the one place a form body is taken, and only with the
+# browser's Origin naming this site (a form on another site could sign a victim in as the
+# attacker, or out).
+FORM_PATHS = frozenset({"/signin", "/signout"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -68,6 +72,11 @@ def is_json(content_type: str) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
+def is_form(content_type: str) -> bool:
+    """``application/x-www-form-urlencoded``, parameters ignored."""
+    return content_type.partition(";")[0].strip().lower() == "application/x-www-form-urlencoded"
+
+
 def has_no_body(headers: Headers) -> bool:
     """True when the request declares no body (what the CLI's body-less POSTs send)."""
     return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
@@ -99,6 +108,8 @@ class CrossSiteGuard:
         if scope["method"] not in STATE_CHANGING:
             return None
         origin = headers.get("origin")
+        if scope["path"] in FORM_PATHS:
+            return self._form_refusal(origin, host, headers)
         if origin is not None and not self._same_site(origin[:200], host,
                                                       host_port(headers.get("host", ""))):
             return 403, (f"cross-site request refused: Origin {origin[:100]!r} is not an "
@@ -110,6 +121,23 @@ class CrossSiteGuard:
             return 415, (f"{scope['method']} needs a JSON body (Content-Type: "
                          f"application/json), not {(content_type or 'none')[:100]!r}")
         return None
+
+    def _form_refusal(self, origin: str | None, host: str, headers: Headers
+                      ) -> tuple[int, str] | None:
+        # Our pages send no referrer, so a browser names their form's origin "null"; it then
+        # still says where the form came from in Sec-Fetch-Site. Neither said: refused.
+        named = origin not in (None, "null")
+        fetch_site = headers.get("sec-fetch-site")
+        same_site = ((not named or self._same_site(str(origin)[:200], host,
+                                                    host_port(headers.get("host", ""))))
+                     and (named or fetch_site is not None)
+                     and fetch_site in (None, "same-origin"))
+        if not same_site:
+            return 403, "sign-in forms are taken only from this site's own pages (Origin)"
+        content_type = headers.get("content-type", "")
+        if has_no_body(headers) or is_form(content_type):
+            return None
+        return 415, "a sign-in form is application/x-www-form-urlencoded"
 
     def _same_site(self, origin: str, host: str, port: int | None) -> bool:
         # '*' admits any Host, never any Origin: a server answering every name must still

@@ -23,7 +23,16 @@ COMMON: Responses = {
     500: json_error("Unexpected error; the body's request_id is in the server log"),
     503: json_error("The database is unavailable; retry after the Retry-After seconds"),
 }
-NOT_FOUND: Responses = {404: json_error("No such job")}
+NOT_FOUND: Responses = {404: json_error("No such job (or it is another tenant's)")}
+# Every route but the health checks and the sign-in pages needs a token.
+SIGNED_IN: Responses = {
+    401: json_error("No token, a malformed Authorization header, or an unknown or revoked "
+                    "token (WWW-Authenticate: Bearer)"),
+}
+OVER_LIMIT: Responses = {
+    429: json_error("A limit of the caller's tenant would be passed; retry after the "
+                    "Retry-After seconds"),
+}
 # What a write (POST) may answer besides: a foreign Origin, a non-JSON body, a too large one.
 WRITES: Responses = {
     403: json_error("Cross-site request refused (foreign Origin)"),

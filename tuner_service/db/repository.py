@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, true, update
 from sqlalchemy.orm import Session, defer
 
 from tuner_service.adam import AdamConfig
@@ -19,7 +19,17 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_job makes them
 
 
 class NotFound(LookupError):
-    """No row with that id."""
+    """No row with that id (or none the caller's tenant may see)."""
+
+
+# ``tenant=`` of the functions below: a tenant's name sees that tenant's jobs only; this sees
+# every tenant's (admin tokens, and the workers and recovery, which act for every tenant).
+EVERY_TENANT: str | None = None
+
+
+def _visible(tenant: str | None) -> ColumnElement[bool]:
+    """The jobs a caller of ``tenant`` may see, as a SQL condition."""
+    return JobModel.tenant == tenant if tenant is not None else true()
 
 
 def add_job(session: Session, *, job: JobModel) -> None:
@@ -31,6 +41,7 @@ def add_job(session: Session, *, job: JobModel) -> None:
 
 # Built once: building a SQLAlchemy statement cost more than running it on a status poll.
 _JOB_BY_ID = select(JobModel).where(JobModel.id == bindparam("job_id"))
+_TENANTS_JOB_BY_ID = _JOB_BY_ID.where(JobModel.tenant == bindparam("tenant"))
 _SLOT_STATES = (
     select(TrialSlotModel.job_id, TrialSlotModel.kind, TrialSlotModel.state, func.count())
     .where(TrialSlotModel.job_id.in_(bindparam("job_ids", expanding=True)))
@@ -39,17 +50,21 @@ _SLOT_STATES = (
 SEARCH, CONFIRM = "search", "confirm"
 
 
-def find_job(session: Session, job_id: str) -> JobModel | None:
-    """The job with that id, or None (also for strings that cannot be an id: a NUL byte in
-    a URL would otherwise reach PostgreSQL, which refuses it with an error)."""
+def find_job(session: Session, job_id: str, *, tenant: str | None) -> JobModel | None:
+    """The job with that id if ``tenant`` may see it, or None: another tenant's job is as
+    unknown as a job that never was (also None for strings that cannot be an id: a NUL byte
+    in a URL would otherwise reach PostgreSQL, which refuses it with an error)."""
     if not JOB_ID.fullmatch(job_id):
         return None
-    return session.scalars(_JOB_BY_ID, {"job_id": job_id}).one_or_none()
+    if tenant is None:
+        return session.scalars(_JOB_BY_ID, {"job_id": job_id}).one_or_none()
+    return session.scalars(_TENANTS_JOB_BY_ID, {"job_id": job_id, "tenant": tenant}
+                           ).one_or_none()
 
 
-def find_job_or_raise(session: Session, job_id: str) -> JobModel:
-    """The job with that id; NotFound otherwise."""
-    job = find_job(session, job_id)
+def find_job_or_raise(session: Session, job_id: str, *, tenant: str | None) -> JobModel:
+    """The job with that id if ``tenant`` may see it; NotFound otherwise."""
+    job = find_job(session, job_id, tenant=tenant)
     if job is None:
         raise NotFound(job_id)
     return job
@@ -61,35 +76,48 @@ _PAGE_OF_IDS = (
     .offset(bindparam("offset"))
     .limit(bindparam("limit"))
 )
+_TENANTS_PAGE_OF_IDS = _PAGE_OF_IDS.where(JobModel.tenant == bindparam("tenant"))
 _JOBS_BY_IDS = (
     select(JobModel)
     # Specs are large and never change: callers keep them (see ``job_specs``).
     .options(defer(JobModel.spec))
     .where(JobModel.id.in_(bindparam("job_ids", expanding=True)))
 )
+_TENANTS_JOBS_BY_IDS = _JOBS_BY_IDS.where(JobModel.tenant == bindparam("tenant"))
 
 
-def page_of_job_ids(session: Session, *, offset: int, limit: int) -> tuple[list[str], int]:
-    """The ids of a page of jobs, newest first, and the number of jobs (one query)."""
-    rows = session.execute(_PAGE_OF_IDS, {"offset": offset, "limit": limit}).all()
+def page_of_job_ids(session: Session, *, offset: int, limit: int, tenant: str | None
+                    ) -> tuple[list[str], int]:
+    """The ids of a page of the jobs ``tenant`` may see, newest first, and the number of
+    those jobs (one query)."""
+    page = {"offset": offset, "limit": limit}
+    rows = (session.execute(_PAGE_OF_IDS, page) if tenant is None
+            else session.execute(_TENANTS_PAGE_OF_IDS, {**page, "tenant": tenant})).all()
     if rows:
         return [job_id for job_id, _ in rows], rows[0][1]
-    total = session.scalar(select(func.count()).select_from(JobModel)) or 0
-    return [], total  # an offset past the end: the count alone
+    count = select(func.count()).select_from(JobModel).where(_visible(tenant))
+    return [], session.scalar(count) or 0  # an offset past the end: the count alone
 
 
-def jobs_by_ids(session: Session, job_ids: list[str]) -> dict[str, JobModel]:
-    """These jobs (their specs deferred), by id."""
+def jobs_by_ids(session: Session, job_ids: list[str], *, tenant: str | None
+                ) -> dict[str, JobModel]:
+    """These jobs (their specs deferred) that ``tenant`` may see, by id."""
     if not job_ids:
         return {}
-    return {job.id: job for job in session.scalars(_JOBS_BY_IDS, {"job_ids": job_ids})}
+    if tenant is None:
+        found = session.scalars(_JOBS_BY_IDS, {"job_ids": job_ids})
+    else:
+        found = session.scalars(_TENANTS_JOBS_BY_IDS, {"job_ids": job_ids, "tenant": tenant})
+    return {job.id: job for job in found}
 
 
-def job_specs(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The stored specs of these jobs, by job id."""
+def job_specs(session: Session, job_ids: list[str], *, tenant: str | None
+              ) -> dict[str, dict[str, Any]]:
+    """The stored specs of these jobs that ``tenant`` may see, by job id."""
     if not job_ids:
         return {}
-    rows = session.execute(select(JobModel.id, JobModel.spec).where(JobModel.id.in_(job_ids)))
+    rows = session.execute(select(JobModel.id, JobModel.spec)
+                           .where(JobModel.id.in_(job_ids), _visible(tenant)))
     return {job_id: spec for job_id, spec in rows}
 
 
@@ -105,24 +133,24 @@ _STORED_SPEC = select(JobModel.id, JobModel.study_name, JobModel.spec)
 _SPEC = JobModel.__table__.c.spec
 
 
-def stored_specs(session: Session, job_ids: list[str]) -> list[StoredSpec]:
-    """These jobs' ids, study names and specs (those that exist)."""
+def stored_specs(session: Session, job_ids: list[str], *, tenant: str | None
+                 ) -> list[StoredSpec]:
+    """These jobs' ids, study names and specs (those that exist and ``tenant`` may see)."""
     if not job_ids:
         return []
-    rows = session.execute(_STORED_SPEC.where(JobModel.id.in_(job_ids)))
+    rows = session.execute(_STORED_SPEC.where(JobModel.id.in_(job_ids), _visible(tenant)))
     return [StoredSpec(*row) for row in rows]
 
 
-def recent_specs_on(session: Session, *, model: str, dataset: str, epochs: int, limit: int
-                    ) -> list[StoredSpec]:
-    """Newest first, at most ``limit``: the jobs training this built-in model on this
-    built-in data set for this many epochs. A coarse filter in SQL (JSON paths work on SQLite
-    and PostgreSQL alike); callers compare the rest of the specs."""
-    # Once jobs have owners, only the submitter's own jobs: a keyword-only ``owner`` argument,
-    # filtered here in SQL like the rest.
+def recent_specs_on(session: Session, *, model: str, dataset: str, epochs: int, limit: int,
+                    tenant: str | None) -> list[StoredSpec]:
+    """Newest first, at most ``limit``: the jobs of ``tenant`` training this built-in model on
+    this built-in data set for this many epochs. A coarse filter in SQL (JSON paths work on
+    SQLite and PostgreSQL alike); callers compare the rest of the specs."""
     rows = session.execute(
         _STORED_SPEC
-        .where(_SPEC[("model", "builtin")].as_string() == model,
+        .where(_visible(tenant),
+               _SPEC[("model", "builtin")].as_string() == model,
                _SPEC[("dataset", "builtin")].as_string() == dataset,
                _SPEC[("budget", "epochs")].as_integer() == epochs)
         .order_by(JobModel.created_at.desc(), JobModel.id)
@@ -257,6 +285,20 @@ def stale_condition(*, heartbeat_before: datetime, dispatched_before: datetime
 def stale_slots(session: Session, condition: ColumnElement[bool]) -> list[TrialSlotModel]:
     """The slots matching a ``stale_condition``."""
     return list(session.scalars(select(TrialSlotModel).where(condition)))
+
+
+def active_jobs(session: Session, *, tenant: str) -> int:
+    """How many of ``tenant``'s jobs are queued or running."""
+    return session.scalar(
+        select(func.count()).select_from(JobModel)
+        .where(JobModel.tenant == tenant, JobModel.status.in_(("queued", "running")))) or 0
+
+
+def queued_slots(session: Session, *, tenant: str) -> int:
+    """How many trial slots of ``tenant``'s jobs wait for a worker."""
+    return session.scalar(
+        select(func.count()).select_from(TrialSlotModel).join(JobModel)
+        .where(JobModel.tenant == tenant, TrialSlotModel.state == "queued")) or 0
 
 
 def count_rows(session: Session) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import jinja2
 from tuner_service import __version__
 from tuner_service.report_schema import ParamSummary, ReportPublic
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobPublic
+from tuner_service.tenancy import Caller
 from tuner_service.web.assets import page_scripts
 from tuner_service.web.plots import Plot
 
@@ -33,6 +34,12 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def render_signin(*, target: str, problem: str | None = None) -> str:
+    """The sign-in form (a token, posted once, for a session cookie)."""
+    return _environment().get_template("signin.html").render(
+        target=target, problem=problem, scripts=[], csp_nonce=None, refresh_s=None)
+
+
 def render_report(report: ReportPublic, job: JobPublic, plots: Sequence[Plot], *,
                   standalone: bool = False, csp_nonce: str | None = None) -> str:
     """The report page; ``standalone`` carries its scripts inline (a file that works offline),
@@ -44,11 +51,13 @@ def render_report(report: ReportPublic, job: JobPublic, plots: Sequence[Plot], *
     )
 
 
-def render_jobs(jobs: Sequence[JobPublic], total: int, offset: int, limit: int) -> str:
-    """The jobs list: status, progress and best value, each linking to its report."""
+def render_jobs(jobs: Sequence[JobPublic], total: int, offset: int, limit: int, caller: Caller
+                ) -> str:
+    """The caller's jobs list: status, progress and best value, each linking to its report
+    (and, for an admin, each job's tenant)."""
     running = any(job.status not in TERMINAL_JOB_STATUSES for job in jobs)
     return _environment().get_template("jobs.html").render(
-        jobs=jobs, total=total, offset=offset, limit=limit, csp_nonce=None,
+        jobs=jobs, total=total, offset=offset, limit=limit, caller=caller, csp_nonce=None,
         scripts=page_scripts(with_plotly=False, standalone=False),
         refresh_s=REFRESH_S if running else None,
     )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from tuner_service import __version__
+from tuner_service.api.auth import api_caller
 from tuner_service.api.deps import RuntimeDep
+from tuner_service.api.openapi import SIGNED_IN
 from tuner_service.runtime import Runtime
 
 router = APIRouter(tags=["health"])
@@ -40,10 +42,11 @@ def healthz() -> Liveness:
     return Liveness(status="ok", version=__version__)
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Not ready"}})
+@router.get("/readyz", response_model=Readiness, dependencies=[Depends(api_caller)],
+            responses={**SIGNED_IN, 503: {"model": Readiness, "description": "Not ready"}})
 def readyz(rt: RuntimeDep) -> JSONResponse:
-    """Readiness: the database and the broker answer (503 naming which does not)."""
+    """Readiness: the database and the broker answer (503 naming which does not). Needs a
+    token like every route but /healthz (a probe sends it as a header)."""
     ready = Readiness(
         status="ready",
         database="ok" if _database_ready(rt) else "unreachable",

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from tuner_service import jobs
+from tuner_service.api.auth import ApiCaller
 from tuner_service.api.deps import ReaderDep, RuntimeDep
-from tuner_service.api.openapi import COMMON, NOT_FOUND, WRITES, json_error
+from tuner_service.api.openapi import COMMON, NOT_FOUND, OVER_LIMIT, SIGNED_IN, WRITES, json_error
 from tuner_service.api.responses import rendered_response
 from tuner_service.report_schema import ReportPublic
 from tuner_service.reports import DEFAULT_TOP_K, build_report
@@ -22,25 +23,28 @@ from tuner_service.schemas import (
     TrialsPublic,
     TrialState,
 )
+from tuner_service.tenancy import Caller
 from tuner_service.validation import SpecRefused, as_validation_errors, spec_problems
 from tuner_service.views import job_public, trial_public
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={**COMMON, **SIGNED_IN})
 TopK = Annotated[int, Query(ge=1, le=50, description="How many top trials to compare")]
 
 
 @router.post("", status_code=201, response_model=JobPublic,
-             responses={**WRITES, 422: {"model": ErrorBody}})
-def submit_job(spec: JobCreate, rt: RuntimeDep) -> Response:
-    """Submit a tuning job; its trials are queued for the workers."""
+             responses={**WRITES, **OVER_LIMIT, 422: {"model": ErrorBody}})
+def submit_job(spec: JobCreate, rt: RuntimeDep, caller: ApiCaller) -> Response:
+    """Submit a tuning job, owned by the token's tenant; its trials are queued for the
+    workers."""
     problems = spec_problems(spec, rt.settings)
     if problems:
         raise RequestValidationError(as_validation_errors(problems))
     try:
-        job = jobs.submit_job(rt, spec)
+        job = jobs.submit_job(rt, spec, caller=caller)
     except SpecRefused as refused:
         raise RequestValidationError(as_validation_errors(refused.problems)) from None
-    return Response(_job_json(rt, jobs.job_overview(rt, job.id)), status_code=201,
+    overview = jobs.job_overview(rt, job.id, tenant=caller.tenant)
+    return Response(_job_json(rt, overview), status_code=201,
                     media_type="application/json")
 
 
@@ -51,15 +55,24 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 
 
 @router.get("", response_model=JobsPublic)
-async def list_jobs(rt: RuntimeDep, read: ReaderDep, offset: Offset = 0, limit: Limit = 50
-                    ) -> Response:
-    """List jobs, newest first."""
+async def list_jobs(rt: RuntimeDep, read: ReaderDep, caller: ApiCaller, offset: Offset = 0,
+                    limit: Limit = 50) -> Response:
+    """List the caller's jobs (every tenant's for an admin token), newest first."""
     # Reads are async routes making one trip to a worker thread for the database: FastAPI
     # would otherwise hop threads for the route and again for validating its answer.
-    page, total = await read(jobs.job_overviews, rt, offset, limit)
+    page, total = await read(_overviews, rt, offset, limit, caller.scope)
     items = b",".join(_job_json(rt, overview) for overview in page)
     body = b'{"items":[%s],"total":%d}' % (items, total)
     return Response(body, media_type="application/json")
+
+
+def _overviews(rt: Runtime, offset: int, limit: int, tenant: str | None
+               ) -> tuple[list[jobs.JobOverview], int]:
+    return jobs.job_overviews(rt, offset, limit, tenant=tenant)
+
+
+def _overview(rt: Runtime, job_id: str, tenant: str | None) -> jobs.JobOverview:
+    return jobs.job_overview(rt, job_id, tenant=tenant)
 
 
 def _job_json(rt: Runtime, overview: jobs.JobOverview) -> bytes:
@@ -74,16 +87,17 @@ def _job_json(rt: Runtime, overview: jobs.JobOverview) -> bytes:
     return body
 
 
-def jobs_public(rt: Runtime, offset: int, limit: int) -> JobsPublic:
-    """A page of jobs, newest first, with their progress (the JSON list and the HTML page)."""
-    page, total = jobs.job_overviews(rt, offset, limit)
+def jobs_public(rt: Runtime, offset: int, limit: int, caller: Caller) -> JobsPublic:
+    """A page of the caller's jobs, newest first, with their progress (the HTML page)."""
+    page, total = jobs.job_overviews(rt, offset, limit, tenant=caller.scope)
     return JobsPublic(items=[job_public(overview) for overview in page], total=total)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-async def get_job(job_id: str, rt: RuntimeDep, read: ReaderDep) -> Response:
+async def get_job(job_id: str, rt: RuntimeDep, read: ReaderDep, caller: ApiCaller
+                  ) -> Response:
     """A job's status, trial counts and best trial so far."""
-    overview = await read(jobs.job_overview, rt, job_id)
+    overview = await read(_overview, rt, job_id, caller.scope)
     return Response(_job_json(rt, overview), media_type="application/json")
 
 
@@ -91,12 +105,13 @@ async def get_job(job_id: str, rt: RuntimeDep, read: ReaderDep) -> Response:
 def list_trials(
     job_id: str,
     rt: RuntimeDep,
+    caller: ApiCaller,
     state: TrialState | None = None,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> TrialsPublic:
     """A job's trials by number, optionally only those in one state."""
-    _, records, _ = jobs.get_job(rt, job_id)
+    _, records, _ = jobs.get_job(rt, job_id, tenant=caller.scope)
     chosen = [r for r in records if state is None or r.state == state]
     return TrialsPublic(
         items=[trial_public(r) for r in chosen[offset: offset + limit]], total=len(chosen)
@@ -105,10 +120,11 @@ def list_trials(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
              responses={**NOT_FOUND, **WRITES, 409: json_error("The job has already ended")})
-def cancel_job(job_id: str, rt: RuntimeDep) -> Response:
+def cancel_job(job_id: str, rt: RuntimeDep, caller: ApiCaller) -> Response:
     """Stop a job: no new trials start; running ones are pruned at their next epoch."""
-    jobs.cancel_job(rt, job_id)
-    return Response(_job_json(rt, jobs.job_overview(rt, job_id)), media_type="application/json")
+    jobs.cancel_job(rt, job_id, tenant=caller.scope)
+    overview = jobs.job_overview(rt, job_id, tenant=caller.scope)
+    return Response(_job_json(rt, overview), media_type="application/json")
 
 
 @router.get("/{job_id}/report", response_model=ReportPublic, responses=NOT_FOUND)
@@ -116,13 +132,14 @@ def get_report(
     job_id: str,
     rt: RuntimeDep,
     request: Request,
+    caller: ApiCaller,
     top_k: TopK = DEFAULT_TOP_K,
 ) -> Response:
     """The best-config report: the winner against the paper defaults, and how far to trust it."""
-    overview = jobs.job_overview(rt, job_id, fingerprint=True)
+    overview = jobs.job_overview(rt, job_id, tenant=caller.scope, fingerprint=True)
 
     def render() -> bytes:
-        d = jobs.job_detail(rt, job_id)
+        d = jobs.job_detail(rt, job_id, tenant=caller.scope)
         report = build_report(d.job, d.records, d.runs, warm=d.warm, top_k=top_k)
         return report.model_dump_json().encode("utf-8")
 

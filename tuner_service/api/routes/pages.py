@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from tuner_service import jobs
+from tuner_service.api.auth import PageCaller, api_caller, sign_in_first
 from tuner_service.api.deps import RuntimeDep
 from tuner_service.api.openapi import COMMON, NOT_FOUND
 from tuner_service.api.responses import rendered_response
@@ -26,18 +27,29 @@ Standalone = Annotated[bool, Query(
     description="Carry the scripts inline: one file that works offline (tuner report --html)")]
 
 
-@router.get("/", response_class=HTMLResponse)
-def jobs_page(rt: RuntimeDep, offset: Offset = 0, limit: Limit = 50) -> HTMLResponse:
-    """Every job with its status and progress, each linking to its report."""
-    page = jobs_public(rt, offset, limit)
-    return HTMLResponse(render_jobs(page.items, page.total, offset, limit))
+SIGN_IN: dict[int | str, dict[str, Any]] = {
+    303: {"description": "Not signed in: to the sign-in page, which comes back here"}}
 
 
-@router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
-def report_page(job_id: str, rt: RuntimeDep, request: Request, top_k: TopK = DEFAULT_TOP_K,
-                standalone: Standalone = False) -> Response:
+@router.get("/", response_class=HTMLResponse, responses=SIGN_IN)
+def jobs_page(rt: RuntimeDep, request: Request, caller: PageCaller, offset: Offset = 0,
+              limit: Limit = 50) -> Response:
+    """The caller's jobs (every tenant's for an admin) with their status and progress, each
+    linking to its report."""
+    if caller is None:
+        return sign_in_first(request)
+    page = jobs_public(rt, offset, limit, caller)
+    return HTMLResponse(render_jobs(page.items, page.total, offset, limit, caller))
+
+
+@router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse,
+            responses={**NOT_FOUND, **SIGN_IN})
+def report_page(job_id: str, rt: RuntimeDep, request: Request, caller: PageCaller,
+                top_k: TopK = DEFAULT_TOP_K, standalone: Standalone = False) -> Response:
     """The best-config report as a page; rebuilt only when the job has changed."""
-    overview = jobs.job_overview(rt, job_id, fingerprint=True)
+    if caller is None:
+        return sign_in_first(request)
+    overview = jobs.job_overview(rt, job_id, tenant=caller.scope, fingerprint=True)
     if standalone:
         nonce = getattr(request.state, "csp_nonce", None)
         return HTMLResponse(_report_html(rt, overview, top_k, standalone=True, nonce=nonce))
@@ -49,14 +61,14 @@ def report_page(job_id: str, rt: RuntimeDep, request: Request, top_k: TopK = DEF
 
 def _report_html(rt: Runtime, overview: jobs.JobOverview, top_k: int, *,
                  standalone: bool = False, nonce: str | None = None) -> str:
-    d = jobs.job_detail(rt, overview.job.id)
+    d = jobs.job_detail(rt, overview.job.id, tenant=overview.job.tenant)
     report = build_report(d.job, d.records, d.runs, warm=d.warm, top_k=top_k)
     plots = report_plots(report, d.records, overview.spec)
     return render_report(report, job_public(overview), plots, standalone=standalone,
                          csp_nonce=nonce)
 
 
-@router.get("/assets/{name}", include_in_schema=False)
+@router.get("/assets/{name}", include_in_schema=False, dependencies=[Depends(api_caller)])
 def asset(name: str, request: Request) -> Response:
     """plotly.js and the pages' script."""
     found = find_asset(name)
