@@ -13,16 +13,18 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuner_service.db import token_store as store
 from tuner_service.db.models import LOCAL_TENANT, utcnow
-from tuner_service.db.session import session_scope
-from tuner_service.db.token_store import COOKIE, LINK, TokenInfo
+from tuner_service.db.session import make_session_factory, session_scope
+from tuner_service.db.token_store import COOKIE, LINK, LiveToken, TokenInfo
 from tuner_service.tenancy import Caller, tenant_name_problem
 
 TOKEN_PREFIX = "tnr_"
@@ -43,7 +45,7 @@ def _new_secret(prefix: str = TOKEN_PREFIX) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-def _caller(token: TokenInfo) -> Caller:
+def _caller(token: LiveToken) -> Caller:
     return Caller(tenant=token.tenant, is_admin=token.is_admin, token_id=token.id)
 
 
@@ -74,18 +76,37 @@ def revoke_token(sessions: sessionmaker[Session], token_id: str) -> bool:
         return store.revoke_token(session, token_id, utcnow())
 
 
-def authenticate(sessions: sessionmaker[Session], secret: str) -> Caller | None:
+def authenticate(engine: Engine, secret: str) -> Caller | None:
     """The caller a bearer token acts for; None for an unknown or revoked token."""
     if not secret or len(secret) > MAX_SECRET_CHARS:
         return None
-    digest, now = digest_of(secret), utcnow()
-    with session_scope(sessions) as session:
-        token = store.live_token(session, digest)
-        if token is None:
-            return None
-        if token.last_used_at is None or token.last_used_at < now - store.TOUCH_EVERY:
-            store.touch_token(session, token.id, now)
+    with engine.connect() as connection:
+        token = store.live_token(connection, digest_of(secret))
+    if token is None:
+        return None
+    now = utcnow()
+    if _due_for_touch(token, now):
+        with engine.begin() as connection:
+            store.touch_token(connection, token.id, now)
     return _caller(token)
+
+
+_touched: dict[str, datetime] = {}  # token id -> when this process last wrote last_used_at
+_touched_lock = threading.Lock()
+
+
+def _due_for_touch(token: LiveToken, now: datetime) -> bool:
+    """Whether this request should write the token's last use: when the stored time is a
+    minute old, and no other request of this process has claimed that write meanwhile
+    (requests at once would otherwise all queue for SQLite's one writer)."""
+    stale = now - store.TOUCH_EVERY
+    if token.last_used_at is not None and token.last_used_at >= stale:
+        return False
+    with _touched_lock:
+        if _touched.get(token.id, stale) > stale:
+            return False
+        _touched[token.id] = now
+        return True
 
 
 def create_signin_link(sessions: sessionmaker[Session], caller: Caller) -> str:
@@ -125,13 +146,13 @@ def _browser_secret(sessions: sessionmaker[Session], caller: Caller, kind: str,
     return secret
 
 
-def browser_caller(sessions: sessionmaker[Session], cookie: str) -> Caller | None:
+def browser_caller(engine: Engine, cookie: str) -> Caller | None:
     """The caller a session cookie acts for; None when it is unknown, expired or its token
     was revoked."""
     if not cookie or len(cookie) > MAX_SECRET_CHARS:
         return None
-    with session_scope(sessions) as session:
-        token = store.session_token(session, digest_of(cookie), COOKIE, utcnow())
+    with engine.connect() as connection:
+        token = store.session_token(connection, digest_of(cookie), COOKIE, utcnow())
     return _caller(token) if token is not None else None
 
 
@@ -141,7 +162,7 @@ def end_browser_session(sessions: sessionmaker[Session], cookie: str) -> None:
         store.end_browser_session(session, digest_of(cookie))
 
 
-def ensure_local_token(sessions: sessionmaker[Session], path: Path) -> tuple[str, bool]:
+def ensure_local_token(engine: Engine, path: Path) -> tuple[str, bool]:
     """The embedded default's admin token of the tenant ``local``, kept in ``path`` (mode
     0600): the one there if it still works, else a new one (first start, a fresh database, a
     revoked token). Returns the secret and whether it is new."""
@@ -149,10 +170,10 @@ def ensure_local_token(sessions: sessionmaker[Session], path: Path) -> tuple[str
         kept = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         kept = ""
-    if kept and authenticate(sessions, kept) is not None:
+    if kept and authenticate(engine, kept) is not None:
         return kept, False
-    _, secret = create_token(sessions, tenant=LOCAL_TENANT, label="tuner up (local admin)",
-                             admin=True)
+    _, secret = create_token(make_session_factory(engine), tenant=LOCAL_TENANT,
+                             label="tuner up (local admin)", admin=True)
     write_secret(path, secret)
     return secret, True
 

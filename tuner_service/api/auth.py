@@ -42,13 +42,13 @@ def resolve_caller(request: Request, rt: RuntimeDep) -> Caller | str:
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret or " " in secret:
             return "malformed Authorization header: expected 'Bearer <token>'"
-        return auth.authenticate(rt.sessions, secret) or "unknown or revoked token"
+        return auth.authenticate(rt.engine, secret) or "unknown or revoked token"
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         if request.method not in READS:
             return (f"a browser session does not authorise a {request.method}: send "
                     "'Authorization: Bearer <token>'")
-        caller = auth.browser_caller(rt.sessions, cookie)
+        caller = auth.browser_caller(rt.engine, cookie)
         return caller or "the browser session has expired or was signed out: sign in again"
     return ("no token: send 'Authorization: Bearer <token>' (`tuner token create` makes one; "
             "`tuner up` keeps the local one in $TUNER_HOME/token)")

@@ -100,11 +100,11 @@ def _local_token(settings: Settings) -> bool:
     """Make sure ``$TUNER_HOME/token`` holds a working admin token (before the API answers,
     so that a client that saw /healthz finds it); True when it was made now."""
     from tuner_service.auth import ensure_local_token
-    from tuner_service.db.session import make_engine, make_session_factory
+    from tuner_service.db.session import make_engine
 
     engine = make_engine(settings)
     try:
-        return ensure_local_token(make_session_factory(engine), settings.token_file)[1]
+        return ensure_local_token(engine, settings.token_file)[1]
     finally:
         engine.dispose()
 

@@ -36,7 +36,7 @@ async def sign_in(request: Request, rt: RuntimeDep) -> Response:
     body = await request.body()
     form = parse_qs(body[:MAX_FORM_BYTES].decode("utf-8", "replace"))
     token, target = form.get("token", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
-    caller = auth.authenticate(rt.sessions, token) if token else None
+    caller = auth.authenticate(rt.engine, token) if token else None
     if caller is None:
         return HTMLResponse(render_signin(target=target, problem="Unknown or revoked token."),
                             status_code=401)
