@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tuner_service.config import Settings
 from tuner_service.db import token_store as store
 from tuner_service.db.models import LOCAL_TENANT, utcnow
 from tuner_service.db.session import make_session_factory, session_scope
@@ -162,19 +163,17 @@ def end_browser_session(sessions: sessionmaker[Session], cookie: str) -> None:
         store.end_browser_session(session, digest_of(cookie))
 
 
-def ensure_local_token(engine: Engine, path: Path) -> tuple[str, bool]:
-    """The embedded default's admin token of the tenant ``local``, kept in ``path`` (mode
-    0600): the one there if it still works, else a new one (first start, a fresh database, a
-    revoked token). Returns the secret and whether it is new."""
-    try:
-        kept = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        kept = ""
+def ensure_local_token(engine: Engine, settings: Settings) -> tuple[str, bool]:
+    """The embedded default's admin token of the tenant ``local``, kept in
+    ``settings.token_file`` (mode 0600): the one there if it still works, else a new one
+    (first start, a fresh database, a revoked token). Returns the secret and whether it is
+    new."""
+    kept = settings.saved_token
     if kept and authenticate(engine, kept) is not None:
         return kept, False
     _, secret = create_token(make_session_factory(engine), tenant=LOCAL_TENANT,
                              label="tuner up (local admin)", admin=True)
-    write_secret(path, secret)
+    write_secret(settings.token_file, secret)
     return secret, True
 
 

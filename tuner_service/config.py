@@ -110,17 +110,18 @@ class Settings(BaseSettings):
         """Where ``tuner up`` keeps the embedded default's admin token (mode 0600)."""
         return self.home / "token"
 
-    def client_token(self, explicit: str | None = None) -> str | None:
-        """The token a client sends: ``explicit`` (--token), else TUNER_TOKEN, else the
-        file ``tuner up`` wrote, when there is one."""
-        if explicit:
-            return explicit
-        if self.token:
-            return self.token
+    @property
+    def saved_token(self) -> str | None:
+        """The token in the file ``tuner up`` wrote, when there is one."""
         try:
             return self.token_file.read_text(encoding="utf-8").strip() or None
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def client_token(self, explicit: str | None = None) -> str | None:
+        """The token a client sends: ``explicit`` (--token), else TUNER_TOKEN, else the
+        file ``tuner up`` wrote, when there is one."""
+        return explicit or self.token or self.saved_token
 
     @property
     def uses_embedded_broker(self) -> bool:

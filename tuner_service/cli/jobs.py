@@ -81,7 +81,7 @@ def report(
         _save_report_page(url, job_id, html, token)
     if open_it:
         open_in_browser(html.resolve().as_uri() if html
-                         else signed_in_url(url, report_path(job_id), token))
+                         else _report_link(url, job_id, token))
     if html is None and not open_it:
         body = call(url, lambda client: client.report(job_id), token)
         if as_json:
@@ -99,17 +99,15 @@ def _save_report_page(url: str | None, job_id: str, path: Path, token: str | Non
     console.print(f"wrote {path} ({len(page) / 1e6:.1f} MB, works offline)")
 
 
-def report_path(job_id: str) -> str:
-    """The path of a job's live report page."""
-    return f"/v1/jobs/{job_id}/report.html"
+def _report_link(url: str | None, job_id: str, token: str | None) -> str:
+    """A signed-in link to a job's live report page (an unknown job fails here first, with
+    the API's message)."""
+    call(url, lambda client: client.job(job_id), token)
+    return signed_in_url(url, f"/v1/jobs/{job_id}/report.html", token)
 
 
 def signed_in_url(url: str | None, path: str, token: str | None) -> str:
-    """A one-time link that signs a browser in with the CLI's token and shows ``path`` (an
-    unknown job fails first, with the API's message)."""
-    if path != "/":
-        job_id = path.split("/")[3]
-        call(url, lambda client: client.job(job_id), token)
+    """A one-time link that signs a browser in with the CLI's token and shows ``path``."""
     return call(url, lambda client: client.signin_link(path), token).url
 
 

@@ -104,7 +104,7 @@ def _local_token(settings: Settings) -> bool:
 
     engine = make_engine(settings)
     try:
-        return ensure_local_token(engine, settings.token_file)[1]
+        return ensure_local_token(engine, settings)[1]
     finally:
         engine.dispose()
 
@@ -131,7 +131,7 @@ def demo(
         _wait_healthy(url, server)
         # The embedded service's own token (tuner up wrote it before answering), whatever
         # TUNER_TOKEN may name for another server.
-        token = Settings().token_file.read_text(encoding="utf-8").strip()
+        token = Settings().saved_token
         job = call(url, lambda client: client.submit(spec), token)
         console.print(f"demo job {job.id}: {job.n_trials} trials of "
                       f"{spec['name']} ({spec['budget']['epochs']} epochs each)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import re
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVarTuple
 
-from sqlalchemy import ColumnElement, bindparam, func, select, true, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, true, update
 from sqlalchemy.orm import Session, defer
 
 from tuner_service.adam import AdamConfig
@@ -27,9 +27,22 @@ class NotFound(LookupError):
 EVERY_TENANT: str | None = None
 
 
+Columns = TypeVarTuple("Columns")
+
+
 def _visible(tenant: str | None) -> ColumnElement[bool]:
     """The jobs a caller of ``tenant`` may see, as a SQL condition."""
     return JobModel.tenant == tenant if tenant is not None else true()
+
+
+def _scoped(every: Select[*Columns], tenants: Select[*Columns],
+            params: dict[str, Any], tenant: str | None
+            ) -> tuple[Select[*Columns], dict[str, Any]]:
+    """A prebuilt statement and its parameters for ``tenant``: ``every`` for every tenant,
+    ``tenants`` (the same statement filtered by a ``tenant`` parameter) for one."""
+    if tenant is None:
+        return every, params
+    return tenants, {**params, "tenant": tenant}
 
 
 def add_job(session: Session, *, job: JobModel) -> None:
@@ -56,10 +69,8 @@ def find_job(session: Session, job_id: str, *, tenant: str | None) -> JobModel |
     in a URL would otherwise reach PostgreSQL, which refuses it with an error)."""
     if not JOB_ID.fullmatch(job_id):
         return None
-    if tenant is None:
-        return session.scalars(_JOB_BY_ID, {"job_id": job_id}).one_or_none()
-    return session.scalars(_TENANTS_JOB_BY_ID, {"job_id": job_id, "tenant": tenant}
-                           ).one_or_none()
+    return session.scalars(*_scoped(_JOB_BY_ID, _TENANTS_JOB_BY_ID, {"job_id": job_id},
+                                    tenant)).one_or_none()
 
 
 def find_job_or_raise(session: Session, job_id: str, *, tenant: str | None) -> JobModel:
@@ -90,9 +101,8 @@ def page_of_job_ids(session: Session, *, offset: int, limit: int, tenant: str | 
                     ) -> tuple[list[str], int]:
     """The ids of a page of the jobs ``tenant`` may see, newest first, and the number of
     those jobs (one query)."""
-    page = {"offset": offset, "limit": limit}
-    rows = (session.execute(_PAGE_OF_IDS, page) if tenant is None
-            else session.execute(_TENANTS_PAGE_OF_IDS, {**page, "tenant": tenant})).all()
+    rows = session.execute(*_scoped(_PAGE_OF_IDS, _TENANTS_PAGE_OF_IDS,
+                                    {"offset": offset, "limit": limit}, tenant)).all()
     if rows:
         return [job_id for job_id, _ in rows], rows[0][1]
     count = select(func.count()).select_from(JobModel).where(_visible(tenant))
@@ -104,10 +114,8 @@ def jobs_by_ids(session: Session, job_ids: list[str], *, tenant: str | None
     """These jobs (their specs deferred) that ``tenant`` may see, by id."""
     if not job_ids:
         return {}
-    if tenant is None:
-        found = session.scalars(_JOBS_BY_IDS, {"job_ids": job_ids})
-    else:
-        found = session.scalars(_TENANTS_JOBS_BY_IDS, {"job_ids": job_ids, "tenant": tenant})
+    found = session.scalars(*_scoped(_JOBS_BY_IDS, _TENANTS_JOBS_BY_IDS,
+                                     {"job_ids": job_ids}, tenant))
     return {job.id: job for job in found}
 
 

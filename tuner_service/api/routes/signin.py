@@ -11,11 +11,13 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from tuner_service import auth
 from tuner_service.api.auth import SESSION_COOKIE, ApiCaller, safe_next
 from tuner_service.api.deps import RuntimeDep
 from tuner_service.api.openapi import COMMON, SIGNED_IN, WRITES
+from tuner_service.runtime import Runtime
 from tuner_service.schemas import Me, SigninLink
 from tuner_service.web.pages import render_signin
 
@@ -36,12 +38,20 @@ async def sign_in(request: Request, rt: RuntimeDep) -> Response:
     body = await request.body()
     form = parse_qs(body[:MAX_FORM_BYTES].decode("utf-8", "replace"))
     token, target = form.get("token", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
-    caller = auth.authenticate(rt.engine, token) if token else None
-    if caller is None:
+    # Async only to read the body; the database work runs in a thread, as in every route.
+    secret = await run_in_threadpool(_session_for_token, rt, token)
+    if secret is None:
         return HTMLResponse(render_signin(target=target, problem="Unknown or revoked token."),
                             status_code=401)
-    secret = auth.start_browser_session(rt.sessions, caller, rt.settings.browser_session_s)
     return _signed_in(request, rt.settings.browser_session_s, secret, target)
+
+
+def _session_for_token(rt: Runtime, token: str) -> str | None:
+    """A new browser session's secret for a valid token, else None."""
+    caller = auth.authenticate(rt.engine, token) if token else None
+    if caller is None:
+        return None
+    return auth.start_browser_session(rt.sessions, caller, rt.settings.browser_session_s)
 
 
 @router.get("/signin/link", include_in_schema=False)
