@@ -55,7 +55,9 @@ def run_inprocess(raw: dict[str, Any]) -> dict[str, Any]:
     from workers.training import TrainSpec, train
 
     spec = JobCreate.model_validate(raw)
-    train_spec = TrainSpec.from_job(spec)
+    from tuner_service.datasets.catalog import BUILTINS
+
+    train_spec = TrainSpec.from_job(spec, BUILTINS[spec.dataset.match[1]])
     # Warm up as the service's worker does: data loaded, first model built, outside the clock.
     train(dataclasses.replace(train_spec, epochs=1), [PAPER_DEFAULTS], [lambda e, v: None])
     start = time.perf_counter()

@@ -132,10 +132,12 @@ def import_keras() -> None:
 
 def train_spec(task: Task, seed: int) -> Any:
     """The worker's TrainSpec of the task's minimal job (``workers.training.TrainSpec``)."""
+    from tuner_service.datasets.catalog import BUILTINS
     from tuner_service.schemas import JobCreate
     from workers.training import TrainSpec
 
-    return TrainSpec.from_job(JobCreate.model_validate(task.job_spec(seed)))
+    spec = JobCreate.model_validate(task.job_spec(seed))
+    return TrainSpec.from_job(spec, BUILTINS[spec.dataset.match[1]])
 
 
 def _log(result: Any, config: Any) -> TrialLog:
@@ -318,12 +320,13 @@ def run_keras_tuner(kind: str, task: Task, seed: int) -> list[TrialLog]:
     from pydantic import TypeAdapter
 
     from tuner_service.adam import AdamConfig
-    from tuner_service.schemas import DatasetSpec, ModelSpec
-    from workers.data import load_dataset
+    from tuner_service.schemas import BuiltinDatasetSpec, ModelSpec
+    from workers.data import BuiltinSource, load_dataset
     from workers.models import build_model
     from workers.training import make_optimizer
 
-    data = load_dataset(DatasetSpec.model_validate(task.dataset), seed)
+    dataset = BuiltinDatasetSpec.model_validate(task.dataset)
+    data = load_dataset(BuiltinSource(dataset.builtin), dataset, seed)
     model_spec = TypeAdapter(ModelSpec).validate_python(task.model)
 
     def build(hp: kt.HyperParameters) -> keras.Model:
@@ -337,7 +340,7 @@ def run_keras_tuner(kind: str, task: Task, seed: int) -> list[TrialLog]:
         # Same initial weights and batch order as the service's trials (KerasTuner's own
         # sampling uses its private RNG, so re-seeding here does not repeat configurations).
         keras.utils.set_random_seed(seed)
-        model = build_model(model_spec, data.input_shape, data.n_classes)
+        model = build_model(model_spec, data.input_shape, 10)  # the built-ins have 10 classes
         model.compile(optimizer=make_optimizer(config), metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model

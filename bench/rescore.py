@@ -115,20 +115,21 @@ def _fit_and_score(task: Task, split_seed: int, init_seed: int,
     import keras
 
     from tuner_service.adam import PARAM_NAMES, AdamConfig
-    from workers.data import load_dataset, load_holdout
+    from workers.data import load_dataset, load_holdout, source_for
     from workers.models import build_model
     from workers.training import make_optimizer
 
     spec = train_spec(task, split_seed)
-    data = load_dataset(spec.dataset, split_seed)
+    source = source_for(spec.data)
+    data = load_dataset(source, spec.dataset, split_seed)
     keras.backend.clear_session()
     keras.utils.set_random_seed(init_seed)
-    model = build_model(spec.model, data.input_shape, data.n_classes)
+    model = build_model(spec.model, data.input_shape, spec.data.target.n_outputs)
     model.compile(optimizer=make_optimizer(AdamConfig(**{k: params[k] for k in PARAM_NAMES})),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.x_train, data.y_train, batch_size=spec.batch_size, epochs=spec.epochs,
               callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
-    x_test, y_test = load_holdout(spec.dataset)
+    x_test, y_test = load_holdout(source, spec.dataset)
     return (_loss(model.evaluate(data.x_val, data.y_val, verbose=0)),
             _loss(model.evaluate(x_test, y_test, verbose=0)))
 

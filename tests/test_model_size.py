@@ -10,15 +10,17 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings, signed_in_client
 from tuner_service.config import Settings
+from tuner_service.datasets.catalog import BUILTINS
 from tuner_service.db.migrate import upgrade
 from tuner_service.model_size import (
+    TrainingMemory,
     count_params,
-    dataset_shape,
     estimate_training_memory,
     format_bytes,
 )
-from tuner_service.schemas import DatasetSpec, JobCreate
-from tuner_service.validation import spec_problems
+from tuner_service.schemas import JobCreate
+from tuner_service.validation import Problem
+from tuner_service.validation import spec_problems as spec_problems_on
 
 PAPER_MLP: dict[str, Any] = {"builtin": "mlp", "hidden_units": [1000, 1000], "dropout": 0.5}
 PAPER_CNN: dict[str, Any] = {"builtin": "cnn", "filters": [64, 64, 128], "kernel_size": 5,
@@ -41,8 +43,18 @@ def _job(model: dict[str, Any], dataset: str = "digits", batch_size: int = 32,
 
 def _params(model: dict[str, Any], dataset: str) -> int:
     job = _job(model, dataset)
-    shape = dataset_shape(job.dataset)
-    return count_params(job.model, shape.input_shape, shape.n_classes)
+    data = BUILTINS[dataset]
+    return count_params(job.model, data.feature_shape, data.target.n_outputs)
+
+
+def estimate(job: JobCreate) -> TrainingMemory:
+    """The estimate for a job on its built-in data set."""
+    return estimate_training_memory(job, BUILTINS[job.dataset.match[1]])
+
+
+def spec_problems(job: JobCreate, settings: Settings) -> list[Problem]:
+    """The problems of a job on its built-in data set."""
+    return spec_problems_on(job, BUILTINS[job.dataset.match[1]], settings)
 
 
 @pytest.mark.parametrize(("model", "dataset", "expected"), [
@@ -73,7 +85,7 @@ def test_the_caps_allow_models_of_hundreds_of_millions_of_parameters() -> None:
 
 
 def test_memory_is_adam_state_plus_one_batch_of_activations_and_their_gradients() -> None:
-    memory = estimate_training_memory(_job({"builtin": "logistic_regression"}, batch_size=32))
+    memory = estimate(_job({"builtin": "logistic_regression"}, batch_size=32))
     assert memory.params == 650
     assert memory.weights_bytes == 650 * 4 * 4  # weight, gradient, two moments; float32
     # Flatten (64) and Dense (10) outputs, each with its gradient, plus the 64-pixel input.
@@ -82,7 +94,7 @@ def test_memory_is_adam_state_plus_one_batch_of_activations_and_their_gradients(
 
 
 def test_memory_counts_every_layer_of_a_cnn() -> None:
-    memory = estimate_training_memory(_job(
+    memory = estimate(_job(
         {"builtin": "cnn", "filters": [2], "kernel_size": 3, "dense_units": 4}, batch_size=10))
     # conv 8x8x2, pool 4x4x2, flatten 32, dense 4, dropout 4, output 10
     outputs = 128 + 32 + 32 + 4 + 4 + 10
@@ -90,9 +102,9 @@ def test_memory_counts_every_layer_of_a_cnn() -> None:
 
 
 def test_a_batch_is_never_larger_than_the_data_set() -> None:
-    whole = estimate_training_memory(_job({"builtin": "logistic_regression"}, batch_size=65536))
+    whole = estimate(_job({"builtin": "logistic_regression"}, batch_size=65536))
     assert whole.batch_size == 1797
-    sample = estimate_training_memory(_job({"builtin": "logistic_regression"}, "cifar10",
+    sample = estimate(_job({"builtin": "logistic_regression"}, "cifar10",
                                            batch_size=65536, max_samples=500))
     assert sample.batch_size == 500
 
@@ -107,7 +119,7 @@ def test_bytes_read_in_binary_units(count: int, text: str) -> None:
 
 def test_every_built_in_data_set_has_a_shape() -> None:
     for name in ("digits", "mnist", "fashion_mnist", "cifar10"):
-        assert dataset_shape(DatasetSpec(builtin=name)).n_classes == 10
+        assert BUILTINS[name].target.n_classes == 10
 
 
 def test_lowering_the_parameter_cap_by_environment_refuses_a_small_model(
@@ -160,7 +172,7 @@ def test_the_largest_legal_mlp_is_refused_naming_its_size_and_the_limits(
 @pytest.mark.parametrize("model", [LARGEST_CNN, WIDEST_CNN], ids=["largest", "widest"])
 def test_the_largest_legal_cnns_are_refused(client: TestClient, model: dict[str, Any]) -> None:
     messages = _refused(client, model, "cifar10", batch_size=65536)
-    expected = estimate_training_memory(_job(model, "cifar10", batch_size=65536))
+    expected = estimate(_job(model, "cifar10", batch_size=65536))
     assert f"{expected.params:,} parameters" in messages["model"]
     assert "TUNER_MAX_MODEL_PARAMS" in messages["model"]
     assert f"about {format_bytes(expected.total_bytes)}" in messages["budget.batch_size"]

@@ -9,9 +9,10 @@ import pytest
 
 from tests.api.test_jobs_validation import GOOD
 from tuner_service.adam import PAPER_DEFAULTS, AdamConfig
+from tuner_service.datasets.catalog import BUILTINS
 from tuner_service.db.models import JobModel
 from tuner_service.reports import build_report, keras_snippet
-from tuner_service.schemas import JobCreate
+from tuner_service.schemas import DataDescription, DatasetTarget, JobCreate
 from tuner_service.studies import TrialRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -102,12 +103,26 @@ def test_fixed_numbers_are_reported_as_fixed() -> None:
     assert report.parameters[2].searched is None and report.parameters[0].searched is not None
 
 
-@pytest.mark.parametrize("decay", [0.0, 1e-3])
-def test_the_keras_snippet_builds_the_reported_optimizer(decay: float) -> None:
+@pytest.mark.parametrize(("decay", "data"), [
+    (0.0, BUILTINS["digits"]),
+    (1e-3, DataDescription(source="upload", name="diabetes", id="a" * 32, sha256="b" * 64,
+                           size_bytes=123_456, format="csv", label_column="target",
+                           n_examples=442, feature_shape=(10,),
+                           target=DatasetTarget(kind="values", n_outputs=1))),
+])
+def test_the_keras_snippet_builds_the_reported_optimizer(decay: float,
+                                                         data: DataDescription) -> None:
     keras = pytest.importorskip("keras")
     config = AdamConfig(0.0123, 0.95, 0.9995, 1e-6, decay)
-    namespace: dict[str, object] = {}
-    exec(keras_snippet(config), namespace)  # noqa: S102 - our own generated code
+    model = keras.Sequential([keras.Input(data.feature_shape),
+                              keras.layers.Flatten(), keras.layers.Dense(data.target.n_outputs)])
+    namespace: dict[str, object] = {"model": model}
+    snippet = keras_snippet(config, data)
+    exec(snippet, namespace)  # noqa: S102 - our own generated code
+    assert snippet.startswith(f"# Tuned on data set {data.name!r}")
+    if data.sha256:
+        assert data.sha256 in snippet and "120.6 KiB" in snippet
+    assert model.loss is not None and model.optimizer is namespace["optimizer"]
     optimizer = namespace["optimizer"]
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.95, 0.9995, 1e-6)

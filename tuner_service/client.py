@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import email.utils
+import io
+import os
 import time
-from collections.abc import Generator
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from tuner_service.config import Settings
 from tuner_service.report_schema import ReportPublic
-from tuner_service.schemas import JobPublic, JobsPublic, Me, SigninLink, TrialsPublic
+from tuner_service.schemas import (
+    DatasetPublic,
+    DatasetsPublic,
+    JobPublic,
+    JobsPublic,
+    Me,
+    SigninLink,
+    TrialsPublic,
+)
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -31,7 +42,9 @@ class ApiError(Exception):
     def _describe(self) -> str:
         if isinstance(self.detail, list):
             lines = [f"{e.get('field', '?')}: {e.get('message', '')}" for e in self.detail]
-            return "invalid job spec:\n  " + "\n  ".join(lines)
+            what = "upload refused" if any(e.get("type") == "upload_problem"
+                                           for e in self.detail) else "invalid job spec"
+            return f"{what}:\n  " + "\n  ".join(lines)
         if 300 <= self.status_code < 400:
             return (f"the server answered with a redirect to {self.detail}, as its pages do "
                     f"when no valid API token comes\n  {TOKEN_HELP}")
@@ -89,6 +102,7 @@ class TunerClient:
         if auth is None:
             found = settings.client_token(token)
             auth = BearerToken(found) if found is not None else None
+        self._timeout_s = timeout_s
         self._http = httpx.Client(base_url=(base_url or settings.url).rstrip("/"),
                                   timeout=timeout_s, auth=auth, transport=transport)
 
@@ -138,6 +152,34 @@ class TunerClient:
         # No body, so no Content-Type: the server refuses POSTs whose content type is not JSON.
         return self._call(JobPublic, "POST", f"/v1/jobs/{job_id}/cancel")
 
+    def upload_dataset(self, path: str | os.PathLike[str], *, name: str | None = None,
+                       label_column: str | None = None, task: str | None = None,
+                       progress: Callable[[int], None] | None = None) -> DatasetPublic:
+        """Upload a data set file (.npz, .csv, .parquet), streamed from disk; ``progress``
+        is called with each chunk's size as it is sent. Uploading the same file again
+        returns the same data set."""
+        fields = {key: value for key, value in
+                  {"name": name, "label_column": label_column, "task": task}.items() if value}
+        with open(path, "rb") as file:
+            # httpx reads a file part in chunks as it sends: counting reads counts the upload.
+            source: Any = _Counting(file, progress) if progress else file
+            return self._call(DatasetPublic, "POST", "/v1/datasets", data=fields,
+                              files={"file": (Path(path).name, source)},
+                              timeout=httpx.Timeout(self._timeout_s, write=None, read=600.0))
+
+    def datasets(self, offset: int = 0, limit: int = 50) -> DatasetsPublic:
+        """The caller's data sets, newest first."""
+        return self._call(DatasetsPublic, "GET", "/v1/datasets",
+                          params={"offset": offset, "limit": limit})
+
+    def dataset(self, dataset_id: str) -> DatasetPublic:
+        """One data set."""
+        return self._call(DatasetPublic, "GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a data set (409 while a queued or running job trains on it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
     def me(self) -> Me:
         """The tenant the token acts for, and whether it is an admin token."""
         return self._call(Me, "GET", "/v1/me")
@@ -163,6 +205,28 @@ class TunerClient:
         if not response.is_success:
             raise _api_error(response)
         return response
+
+
+class _Counting(io.RawIOBase):
+    """A file that reports how many bytes each read took (httpx streams files by reads)."""
+
+    def __init__(self, file: BinaryIO, progress: Callable[[int], None]) -> None:
+        super().__init__()
+        self._file, self._progress = file, progress
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._progress(len(chunk))
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 def _api_error(response: httpx.Response) -> ApiError:

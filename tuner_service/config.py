@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,6 +55,26 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Trials a tenant may have waiting for a worker.")
     admin_exempt_from_limits: bool = Field(
         default=False, description="Let admin tokens pass the tenant limits.")
+
+    # Uploaded data sets.
+    max_upload_bytes: ByteSize = Field(
+        default=ByteSize(2 * 2**30),
+        description="Largest data set file one upload may send (checked while it streams).")
+    max_inflated_bytes: ByteSize = Field(
+        default=ByteSize(8 * 2**30),
+        description="Largest total uncompressed size of an .npz upload's arrays (checked from "
+        "the archive's declared sizes before anything is decompressed: zip bombs).")
+    max_classes: int = Field(default=1000, ge=2,
+                             description="Most classes a classification data set may have.")
+    dataset_store: Literal["auto", "files", "database"] = Field(
+        default="auto",
+        description="Where uploaded data sets' bytes live: `files` under $TUNER_HOME/datasets "
+        "(one machine), `database` in the service's database in 1 MiB chunks (workers on other "
+        "hosts read them with no shared disk); `auto`: files on SQLite, database otherwise.")
+    dataset_cache_bytes: ByteSize = Field(
+        default=ByteSize(20 * 2**30),
+        description="Disk a worker host's cache of data sets may use ($TUNER_HOME/cache/"
+        "datasets); the least recently used are removed past it.")
 
     # Tokens and browser sessions.
     token: str | None = Field(
@@ -122,6 +142,28 @@ class Settings(BaseSettings):
         """The token a client sends: ``explicit`` (--token), else TUNER_TOKEN, else the
         file ``tuner up`` wrote, when there is one."""
         return explicit or self.token or self.saved_token
+
+    @property
+    def uses_database_store(self) -> bool:
+        """True when data set bytes live in the database rather than under ``home``."""
+        if self.dataset_store == "auto":
+            return not self.resolved_database_url.startswith("sqlite")
+        return self.dataset_store == "database"
+
+    @property
+    def dataset_folder(self) -> Path:
+        """The file store of data set bytes (``dataset_store`` files)."""
+        return (self.home / "datasets").resolve()
+
+    @property
+    def dataset_cache_folder(self) -> Path:
+        """A worker host's cache of data set files, by hash."""
+        return (self.home / "cache" / "datasets").resolve()
+
+    @property
+    def upload_folder(self) -> Path:
+        """Where uploads stream to while they are checked (emptied after each)."""
+        return (self.home / "uploads").resolve()
 
     @property
     def uses_embedded_broker(self) -> bool:

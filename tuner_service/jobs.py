@@ -11,6 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tuner_service.confirmation import ConfirmRun
+from tuner_service.datasets import service as datasets
 from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
@@ -20,6 +21,7 @@ from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
 from tuner_service.studies import StudySummary, TrialRecord, WarmSource, study_name_for
 from tuner_service.tenancy import Caller, LimitExceeded
 from tuner_service.trials import close_study
+from tuner_service.validation import SpecRefused, spec_problems
 from tuner_service.warm_start import warm_plan
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,13 @@ class JobConflict(Exception):
 def submit_job(rt: Runtime, spec: JobCreate, *, caller: Caller) -> JobModel:
     """Store the job, owned by the caller's tenant, and its study (warm-started from earlier
     jobs' trials), then enqueue one task per trial (after the commit). Before writing
-    anything, raises ``SpecRefused`` when ``warm_start`` names jobs it cannot learn from and
-    ``LimitExceeded`` when the tenant has too much work queued already."""
+    anything, raises ``SpecRefused`` when the spec does not fit the server's limits or its
+    data set (or names one the tenant does not have), or ``warm_start`` names jobs it cannot
+    learn from, and ``LimitExceeded`` when the tenant has too much work queued already."""
+    data = datasets.describe(rt, spec.dataset, tenant=caller.tenant)
+    problems = spec_problems(spec, data, rt.settings)
+    if problems:
+        raise SpecRefused(problems)
     warm = warm_plan(rt, spec, owner=caller.tenant, scope=caller.scope)
     check_limits(rt, spec, caller)
     job_id = uuid.uuid4().hex
@@ -43,9 +50,11 @@ def submit_job(rt: Runtime, spec: JobCreate, *, caller: Caller) -> JobModel:
     rt.studies.create(study_name, spec, warm.trials, warm.first)
     job = JobModel(
         id=job_id,
-        name=spec.name or f"{spec.model.builtin}-{spec.dataset.builtin}",
+        name=spec.name or f"{spec.model.builtin}-{data.name}"[:200],
         status="queued",
         spec=spec.model_dump(mode="json"),
+        dataset_id=data.id,
+        dataset=data.model_dump(mode="json"),
         study_name=study_name,
         tenant=caller.tenant,
         n_trials=spec.budget.n_trials,

@@ -16,7 +16,7 @@ from typing import Any
 
 from tuner_service.schemas import (
     CNNSpec,
-    DatasetSpec,
+    DataDescription,
     JobCreate,
     LogisticRegressionSpec,
     MLPSpec,
@@ -32,30 +32,11 @@ COPIES_PER_ACTIVATION = 2
 
 
 @dataclass(frozen=True)
-class DatasetShape:
-    """What the model sees of a built-in data set (workers/data.py loads the real arrays)."""
-
-    input_shape: Shape
-    n_classes: int
-    n_examples: int  # train and test sets together, as workers/data.py concatenates them
-
-
-DATASETS: dict[str, DatasetShape] = {
-    "digits": DatasetShape((8, 8, 1), 10, 1_797),
-    "mnist": DatasetShape((28, 28, 1), 10, 70_000),
-    "fashion_mnist": DatasetShape((28, 28, 1), 10, 70_000),
-    "cifar10": DatasetShape((32, 32, 3), 10, 60_000),
-}
-
-
-def dataset_shape(spec: DatasetSpec) -> DatasetShape:
-    """Input shape, class count and size of a built-in data set."""
-    return DATASETS[spec.builtin]
-
-
-@dataclass(frozen=True)
 class Layer:
     """A Keras layer as far as size goes; by default without weights, keeping its input's shape."""
+
+    # False for a layer whose output is a view of its input (nothing more to keep).
+    stores_output = True
 
     def params(self, input_shape: Shape) -> int:
         """How many weights the layer has on this input."""
@@ -103,6 +84,16 @@ class MaxPool2D(Layer):
 
 
 @dataclass(frozen=True)
+class AddChannel(Layer):
+    """Gives (height, width) examples one channel; (height, width, channels) pass as they are."""
+
+    stores_output = False  # a reshape: the same values
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return (*input_shape, 1) if len(input_shape) == 2 else input_shape
+
+
+@dataclass(frozen=True)
 class Dropout(Layer):
     """Zeroes a fraction of its input while training: no weights, the same shape."""
 
@@ -115,22 +106,24 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
 
-def _logistic_regression(_spec: LogisticRegressionSpec, n_classes: int) -> list[Layer]:
-    return [Flatten(), Dense(n_classes)]
+def _logistic_regression(_spec: LogisticRegressionSpec, n_outputs: int) -> list[Layer]:
+    return [Flatten(), Dense(n_outputs)]
 
 
-def _mlp(spec: MLPSpec, n_classes: int) -> list[Layer]:
+def _mlp(spec: MLPSpec, n_outputs: int) -> list[Layer]:
     hidden = [layer for units in spec.hidden_units for layer in (Dense(units), Dropout())]
-    return [Flatten(), *hidden, Dense(n_classes)]
+    return [Flatten(), *hidden, Dense(n_outputs)]
 
 
-def _cnn(spec: CNNSpec, n_classes: int) -> list[Layer]:
+def _cnn(spec: CNNSpec, n_outputs: int) -> list[Layer]:
     convs = [layer for filters in spec.filters
              for layer in (Conv2D(filters, spec.kernel_size), MaxPool2D())]
-    return [*convs, Flatten(), Dense(spec.dense_units), Dropout(), Dense(n_classes)]
+    return [AddChannel(), *convs, Flatten(), Dense(spec.dense_units), Dropout(),
+            Dense(n_outputs)]
 
 
-# Model kind (``builtin``) -> its layers after the input, given the spec and the class count.
+# Model kind (``builtin``) -> its layers after the input, given the spec and the output count
+# (the classes, or the values of a regression).
 ARCHITECTURES: dict[str, Callable[[Any, int], list[Layer]]] = {
     "logistic_regression": _logistic_regression,
     "mlp": _mlp,
@@ -144,21 +137,31 @@ class LayerSize:
 
     params: int
     outputs: int
+    stored: bool = True  # whether training keeps the outputs (a reshape's are its input's)
 
 
-def layer_sizes(model: ModelSpec, input_shape: Shape, n_classes: int) -> list[LayerSize]:
+def layer_sizes(model: ModelSpec, input_shape: Shape, n_outputs: int) -> list[LayerSize]:
     """Every layer of the model after its input, in order."""
     sizes = []
     shape = input_shape
-    for layer in ARCHITECTURES[model.builtin](model, n_classes):
+    for layer in ARCHITECTURES[model.builtin](model, n_outputs):
         params, shape = layer.params(shape), layer.output_shape(shape)
-        sizes.append(LayerSize(params, math.prod(shape)))
+        sizes.append(LayerSize(params, math.prod(shape), layer.stores_output))
     return sizes
 
 
-def count_params(model: ModelSpec, input_shape: Shape, n_classes: int) -> int:
+def count_params(model: ModelSpec, input_shape: Shape, n_outputs: int) -> int:
     """The model's parameter count, as Keras's ``model.count_params()`` gives it."""
-    return sum(size.params for size in layer_sizes(model, input_shape, n_classes))
+    return sum(size.params for size in layer_sizes(model, input_shape, n_outputs))
+
+
+def shape_problem(model: ModelSpec, data: DataDescription) -> str | None:
+    """Why ``model`` cannot take ``data``'s examples, or None when it can."""
+    if isinstance(model, CNNSpec) and len(data.feature_shape) not in (2, 3):
+        return (f"cnn needs examples shaped (height, width) or (height, width, channels); "
+                f"{data.name!r} has feature_shape {list(data.feature_shape)}: use mlp or "
+                "logistic_regression")
+    return None
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class TrainingMemory:
         return self.weights_bytes + self.batch_bytes
 
 
-def estimate_training_memory(spec: JobCreate) -> TrainingMemory:
+def estimate_training_memory(spec: JobCreate, data: DataDescription) -> TrainingMemory:
     """Memory one trial of ``spec`` needs to train, in a deliberately simple model.
 
     Left out, so this is a floor rather than a forecast: the data set's arrays (about 0.7 GiB
@@ -185,14 +188,13 @@ def estimate_training_memory(spec: JobCreate) -> TrainingMemory:
     inside a layer (a ReLU's input beside its output, dropout masks), convolution workspaces
     and allocator fragmentation.
     """
-    data = dataset_shape(spec.dataset)
-    sizes = layer_sizes(spec.model, data.input_shape, data.n_classes)
+    sizes = layer_sizes(spec.model, data.feature_shape, data.target.n_outputs)
     params = sum(size.params for size in sizes)
     # Keras never makes a batch larger than the training set, which is at most this.
     batch = min(spec.budget.batch_size, spec.dataset.max_samples or data.n_examples,
                 data.n_examples)
-    activations = sum(size.outputs for size in sizes) * COPIES_PER_ACTIVATION
-    per_example = activations + math.prod(data.input_shape)
+    activations = sum(size.outputs for size in sizes if size.stored) * COPIES_PER_ACTIVATION
+    per_example = activations + math.prod(data.feature_shape)
     return TrainingMemory(
         params=params, batch_size=batch,
         weights_bytes=params * COPIES_PER_WEIGHT * FLOAT_BYTES,

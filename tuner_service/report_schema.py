@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from tuner_service.schemas import (
     AdamParams,
     BestTrial,
+    DataDescription,
     JobStatus,
     Objective,
     TrialCounts,
@@ -150,6 +151,9 @@ class ReportPublic(BaseModel):
     partial: bool
     generated_at: datetime
     objective: Objective
+    dataset: DataDescription | None = Field(
+        default=None, description="What the job trained on: for an upload its name, "
+        "sha256 and size, as they were at submit")
     trial_counts: TrialCounts
     recommended: ConfirmedConfig | None = Field(
         description="The confirmed configuration with the best mean over fresh seeds; null "

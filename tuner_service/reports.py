@@ -12,6 +12,7 @@ import yaml
 from tuner_service import confirmation as confirm
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
 from tuner_service.confirmation import ConfirmRun
+from tuner_service.datasets.catalog import data_line, stamped_data
 from tuner_service.db.models import JobModel, aware
 from tuner_service.report_schema import (
     BaselineTrial,
@@ -28,7 +29,13 @@ from tuner_service.report_schema import (
     SpreadVerdict,
     WarmStartSource,
 )
-from tuner_service.schemas import TERMINAL_JOB_STATUSES, AdamParams, BestTrial, JobCreate
+from tuner_service.schemas import (
+    TERMINAL_JOB_STATUSES,
+    AdamParams,
+    BestTrial,
+    DataDescription,
+    JobCreate,
+)
 from tuner_service.search_space import ParamRange
 from tuner_service.studies import TrialRecord, WarmSource
 from tuner_service.views import best_trial, trial_counts
@@ -59,6 +66,7 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
     search_improvement = _improvement(best, baseline, minimize)
     recommended = _confirmed_config(chosen) if chosen else None
     snippet_params = recommended.params if recommended else best.params if best else None
+    data = stamped_data(spec, job.dataset)
     return ReportPublic(
         job_id=job.id,
         name=job.name,
@@ -66,6 +74,7 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
         partial=job.status not in TERMINAL_JOB_STATUSES,
         generated_at=now,
         objective=spec.objective,
+        dataset=data,
         trial_counts=trial_counts(records),
         recommended=recommended,
         confirmed=[_confirmed_config(c) for c in confirmed],
@@ -83,7 +92,7 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
         top_k=ranked[:top_k],
         spread=_spread(ranked, top_k, confirmed=state == "done"),
         warm_start=[WarmStartSource(job_id=w.job_id, trials=w.trials) for w in warm],
-        keras_snippet=(keras_snippet(AdamConfig(**snippet_params.model_dump()))
+        keras_snippet=(keras_snippet(AdamConfig(**snippet_params.model_dump()), data)
                        if snippet_params else None),
         job_spec_yaml=job_spec_yaml(spec),
         message=_message(job, best, baseline),
@@ -313,8 +322,18 @@ def job_spec_yaml(spec: JobCreate) -> str:
     return f"# Run it again:  tuner submit job.yaml --wait\n{body}"
 
 
-def keras_snippet(config: AdamConfig) -> str:
-    """Copy-paste Keras 3 code that builds this optimizer (decay as InverseTimeDecay)."""
+# How the job's trials compiled their model, by target kind (workers/training.py).
+_COMPILE = {
+    "classes": ('keras.losses.SparseCategoricalCrossentropy(from_logits=True)',
+                '["accuracy"]'),
+    "values": ('"mean_squared_error"', '["mean_absolute_error"]'),
+}
+
+
+def keras_snippet(config: AdamConfig, data: DataDescription) -> str:
+    """Copy-paste Keras 3 code that builds this optimizer (decay as InverseTimeDecay) and
+    compiles a model with it as the trials did, naming the data set it was tuned on."""
+    loss, metrics = _COMPILE[data.target.kind]
     lr = repr(config.learning_rate)
     if config.decay > 0:
         lr_line = (
@@ -327,6 +346,7 @@ def keras_snippet(config: AdamConfig) -> str:
     else:
         lr_line = ""
     return (
+        f"# Tuned on {data_line(data)}\n"
         "import keras\n\n"
         f"{lr_line}"
         "optimizer = keras.optimizers.Adam(\n"
@@ -335,4 +355,5 @@ def keras_snippet(config: AdamConfig) -> str:
         f"    beta_2={config.beta_2!r},\n"
         f"    epsilon={config.epsilon!r},\n"
         ")\n"
+        f"model.compile(optimizer=optimizer, loss={loss}, metrics={metrics})\n"
     )

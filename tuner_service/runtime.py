@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuner_service.config import Settings
+from tuner_service.datasets.store import BlobStore, make_blob_store
 from tuner_service.db.session import engine_kwargs, make_engine, make_session_factory
 from tuner_service.lru import LRU
 from tuner_service.queue import TaskQueue
@@ -32,6 +33,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     studies: StudyStore
     queue: TaskQueue = field(repr=False)
+    # Where uploaded data sets' bytes live (files under home, or the database).
+    blobs: BlobStore = field(repr=False)
     reports: RenderCache = field(default_factory=RenderCache, repr=False)
     # Validated job specs by job id: a spec never changes once stored.
     specs: LRU[str, JobCreate] = field(default_factory=lambda: LRU(CACHE_SIZE), repr=False)
@@ -58,4 +61,5 @@ def build_runtime(settings: Settings) -> Runtime:
         sessions=make_session_factory(engine),
         studies=StudyStore(url, engine_kwargs(url, settings)),
         queue=TaskQueue(settings),
+        blobs=make_blob_store(settings, engine),
     )

@@ -6,7 +6,15 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 from tuner_service.search_space import SearchSpace
 
@@ -68,31 +76,107 @@ ModelSpec = Annotated[
 ]
 
 
-class DatasetSpec(_Strict):
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+MaxSamples = Annotated[int | None, Field(
+    ge=10, description="Use only this many examples (drawn by the job seed).")]
+Holdout = Annotated[float, Field(
+    ge=0.0, lt=1.0,
+    description="Fraction of the data set that no trial ever trains or validates on, drawn "
+    "by a fixed seed (the same for every job), so that a recommendation can be scored on "
+    "data its search never saw. Taken before max_samples and validation_split.")]
+DatasetId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+class BuiltinDatasetSpec(_Strict):
     """A built-in data set. ``digits`` ships with scikit-learn; the others download once."""
 
     builtin: Literal["digits", "mnist", "fashion_mnist", "cifar10"]
-    validation_split: float = Field(default=0.2, gt=0.0, lt=1.0)
-    max_samples: int | None = Field(
-        default=None, ge=10, description="Use only this many examples (drawn by the job seed)."
-    )
-    holdout: float = Field(
-        default=0.0, ge=0.0, lt=1.0,
-        description="Fraction of the data set that no trial ever trains or validates on, drawn "
-        "by a fixed seed (the same for every job), so that a recommendation can be scored on "
-        "data its search never saw. Taken before max_samples and validation_split.",
-    )
+    validation_split: Fraction = 0.2
+    max_samples: MaxSamples = None
+    holdout: Holdout = 0.0
+
+    @property
+    def match(self) -> tuple[str, str]:
+        """The spec's key and value that name this data set (warm start finds jobs by it)."""
+        return ("builtin", self.builtin)
+
+
+class UploadedDatasetSpec(_Strict):
+    """A data set uploaded with ``POST /v1/datasets`` by the job's tenant."""
+
+    id: DatasetId
+    validation_split: Fraction = Field(
+        default=0.2, description="Ignored when the file has its own validation split")
+    max_samples: MaxSamples = None
+    holdout: Holdout = 0.0
+
+    @property
+    def match(self) -> tuple[str, str]:
+        """The spec's key and value that name this data set (warm start finds jobs by it)."""
+        return ("id", self.id)
+
+
+def _dataset_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "upload" if "id" in value else "builtin"
+    return "upload" if isinstance(value, UploadedDatasetSpec) else "builtin"
+
+
+# Where the data comes from: a built-in name or an upload's id. A new source is one more
+# class here and one more ``DataSource`` in workers/data.py.
+DatasetSpec = Annotated[
+    Annotated[BuiltinDatasetSpec, Tag("builtin")] | Annotated[UploadedDatasetSpec, Tag("upload")],
+    Discriminator(_dataset_kind),
+]
+
+TargetKind = Literal["classes", "values"]
+# The validation metrics a kind of target reports (``training.py`` compiles them).
+METRICS: dict[str, tuple[str, ...]] = {
+    "classes": ("val_loss", "val_accuracy"),
+    "values": ("val_loss", "val_mean_absolute_error"),
+}
+
+
+class DatasetTarget(BaseModel):
+    """What a data set's model predicts: classes 0 ... K-1, or real values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: TargetKind
+    n_classes: int | None = Field(default=None, description="classes only")
+    n_outputs: int = Field(description="The model's outputs: the classes, or the values")
+
+
+class DataDescription(BaseModel):
+    """What a job trains on, fixed when it is submitted (the report names it even after the
+    data set is deleted), and what a worker needs to load it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Literal["builtin", "upload"]
+    name: str
+    id: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    format: str | None = None
+    label_column: str | None = None
+    n_examples: int
+    feature_shape: tuple[int, ...]
+    target: DatasetTarget
+    own_validation_split: bool = False
 
 
 class Objective(_Strict):
     """What a trial is scored by; the direction follows from the metric when omitted."""
 
-    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    metric: Literal["val_loss", "val_accuracy", "val_mean_absolute_error"] = Field(
+        default="val_loss", description="val_accuracy for classes, val_mean_absolute_error "
+        "for values (regression); val_loss for either")
     direction: Literal["minimize", "maximize"] | None = None
 
     @model_validator(mode="after")
     def _direction_fits_metric(self) -> Objective:
-        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        natural = "maximize" if self.metric == "val_accuracy" else "minimize"
         if self.direction is None:
             object.__setattr__(self, "direction", natural)
         elif self.direction != natural:
@@ -276,6 +360,32 @@ class Me(BaseModel):
     tenant: str
     is_admin: bool
     token_id: str | None
+
+
+class DatasetPublic(BaseModel):
+    """An uploaded data set."""
+
+    id: str
+    name: str
+    tenant: str
+    format: Literal["npz", "csv", "parquet"]
+    sha256: str = Field(description="SHA-256 of the uploaded file")
+    size_bytes: int
+    n_examples: int
+    feature_shape: list[int]
+    target: DatasetTarget
+    splits: dict[str, int] = Field(
+        description='{"train": n, "validation": m} when the file has its own validation split, '
+        'else {"all": n}')
+    label_column: str | None
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    """A page of data sets, newest first."""
+
+    items: list[DatasetPublic]
+    total: int
 
 
 class FieldError(BaseModel):

@@ -28,12 +28,13 @@ from sqlalchemy.orm import Session
 
 from tuner_service import confirmation
 from tuner_service.adam import AdamConfig
+from tuner_service.datasets.catalog import stamped_data
 from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.dispatch import dispatch
 from tuner_service.runtime import Runtime
-from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
+from tuner_service.schemas import TERMINAL_JOB_STATUSES, DataDescription, JobCreate
 from tuner_service.studies import SearchStopped, TrialRecord
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class TrialTicket:
     number: int | None
     config: AdamConfig
     spec: JobCreate
+    data: DataDescription
     init_seed: int | None = None
 
     @property
@@ -98,6 +100,7 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         if job is None:
             return None
         spec = JobCreate.model_validate(job.spec)
+        data = stamped_data(spec, job.dataset)
         study_name, status = job.study_name, job.status
         kind = repo.slot_kind(session, job_id, slot)
     if status in TERMINAL_JOB_STATUSES:
@@ -108,7 +111,7 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         return None
     claim, lost_number = claimed
     if kind == repo.CONFIRM:
-        return _start_confirm_run(rt, claim, study_name, spec)
+        return _start_confirm_run(rt, claim, study_name, spec, data)
     if lost_number is not None and not _recover_lost_trial(rt, claim, study_name, lost_number):
         return None
     if _trial_epochs_spent(rt, study_name, spec):
@@ -125,18 +128,18 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         rt.studies.tell(study_name, asked.number, "fail", None,
                         reason="superseded by another delivery")
         return None
-    return TrialTicket(claim, study_name, asked.number, asked.config, spec)
+    return TrialTicket(claim, study_name, asked.number, asked.config, spec, data)
 
 
-def _start_confirm_run(rt: Runtime, claim: Claim, study_name: str, spec: JobCreate
-                       ) -> TrialTicket | None:
+def _start_confirm_run(rt: Runtime, claim: Claim, study_name: str, spec: JobCreate,
+                       data: DataDescription) -> TrialTicket | None:
     with session_scope(rt.sessions) as session:
         run = repo.confirm_run(session, claim.job_id, claim.slot)
         if run is None or not _update_slot(session, _owned_by(claim), heartbeat_at=utcnow()):
             return None
         repo.update_confirm_run(session, claim.job_id, claim.slot, state="running",
                                 started_at=utcnow(), history=[], value=None, error=None)
-    return TrialTicket(claim, study_name, None, run.config, spec, init_seed=run.seed)
+    return TrialTicket(claim, study_name, None, run.config, spec, data, init_seed=run.seed)
 
 
 def _trial_epochs_spent(rt: Runtime, study_name: str, spec: JobCreate) -> bool:

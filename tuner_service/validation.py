@@ -7,14 +7,21 @@ from typing import Any
 from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES
 from tuner_service.config import Settings
 from tuner_service.confirmation import plan_problems
-from tuner_service.model_size import TrainingMemory, estimate_training_memory, format_bytes
-from tuner_service.schemas import JobCreate
+from tuner_service.datasets.catalog import metric_problem
+from tuner_service.model_size import (
+    TrainingMemory,
+    estimate_training_memory,
+    format_bytes,
+    shape_problem,
+)
+from tuner_service.schemas import DataDescription, JobCreate
 
 Problem = tuple[tuple[str | int, ...], str]
 
 
-def spec_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
-    """Every problem of ``spec`` as (field location, message); empty when it is acceptable."""
+def spec_problems(spec: JobCreate, data: DataDescription, settings: Settings) -> list[Problem]:
+    """Every problem of ``spec`` on ``data`` as (field location, message); empty when it is
+    acceptable."""
     problems: list[Problem] = []
     caps = (("n_trials", settings.max_trials), ("epochs", settings.max_epochs),
             ("batch_size", settings.max_batch_size))
@@ -31,13 +38,26 @@ def spec_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
             if value is not None and not spec.search_space.contains_value(name, value):
                 problems.append((("enqueue", index, name),
                                  f"{value} lies outside the search space of {name}"))
-    return problems + plan_problems(spec) + _size_problems(spec, settings)
+    return problems + plan_problems(spec) + _data_problems(spec, data, settings)
 
 
-def _size_problems(spec: JobCreate, settings: Settings) -> list[Problem]:
+def _data_problems(spec: JobCreate, data: DataDescription, settings: Settings
+                   ) -> list[Problem]:
+    """The model, its size and the objective against the data set."""
+    metric = metric_problem(spec.objective.metric, data)
+    if metric is not None:
+        return [(("objective", "metric"), metric)]
+    shape = shape_problem(spec.model, data)
+    if shape is not None:
+        return [(("model",), shape)]
+    return _size_problems(spec, data, settings)
+
+
+def _size_problems(spec: JobCreate, data: DataDescription, settings: Settings
+                   ) -> list[Problem]:
     # Refused here rather than found out by a worker child that swaps, is killed by the kernel
     # or, worse, survives holding gigabytes for the trials after it.
-    memory = estimate_training_memory(spec)
+    memory = estimate_training_memory(spec, data)
     problems: list[Problem] = []
     if memory.params > settings.max_model_params:
         problems.append((("model",), f"{memory.params:,} parameters exceed the limit of "

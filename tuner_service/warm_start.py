@@ -124,7 +124,7 @@ def _recent_sources(rt: Runtime, session: Session, spec: JobCreate, owner: str
                     ) -> list[_Source]:
     """The owner's newest jobs on the same task, newest first."""
     rows = repo.recent_specs_on(session, model=spec.model.builtin,
-                                dataset=spec.dataset.builtin, epochs=spec.budget.epochs,
+                                dataset=spec.dataset.match, epochs=spec.budget.epochs,
                                 limit=MAX_CANDIDATES, tenant=owner)
     sources = [_source(rt, row) for row in rows]
     return [source for source in sources if not differences(spec, source.spec)]

@@ -8,8 +8,9 @@ from tuner_service.schemas import CNNSpec, LogisticRegressionSpec, MLPSpec
 
 
 def build_model(spec: LogisticRegressionSpec | MLPSpec | CNNSpec,
-                input_shape: tuple[int, ...], n_classes: int) -> keras.Model:
-    """A fresh, uncompiled model that outputs logits."""
+                input_shape: tuple[int, ...], n_outputs: int) -> keras.Model:
+    """A fresh, uncompiled model with ``n_outputs`` linear outputs: the logits of classes, or
+    the values of a regression (logistic regression on values is linear regression)."""
     inputs = keras.Input(shape=input_shape)
     if isinstance(spec, CNNSpec):
         hidden = _conv_stack(spec, inputs)
@@ -19,12 +20,14 @@ def build_model(spec: LogisticRegressionSpec | MLPSpec | CNNSpec,
         for units in spec.hidden_units:
             hidden = keras.layers.Dense(units, activation="relu")(hidden)
             hidden = keras.layers.Dropout(spec.dropout)(hidden)
-    outputs = keras.layers.Dense(n_classes)(hidden)
+    outputs = keras.layers.Dense(n_outputs)(hidden)
     return keras.Model(inputs, outputs, name=spec.builtin)
 
 
 def _conv_stack(spec: CNNSpec, inputs: keras.KerasTensor) -> keras.KerasTensor:
-    hidden = inputs
+    # (height, width) examples get one channel; (height, width, channels) pass unchanged.
+    shape = tuple(inputs.shape[1:])
+    hidden = keras.layers.Reshape((*shape, 1) if len(shape) == 2 else shape)(inputs)
     for filters in spec.filters:
         hidden = keras.layers.Conv2D(filters, spec.kernel_size, padding="same",
                                      activation="relu")(hidden)

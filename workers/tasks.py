@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import traceback
+from pathlib import Path
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -13,10 +14,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tuner_service import trials
 from tuner_service.config import Settings
+from tuner_service.datasets.store import BlobMissing
 from tuner_service.queue import RUN_TRIAL_TASK
 from tuner_service.runtime import Runtime, build_runtime
+from tuner_service.schemas import DataDescription
 from tuner_service.studies import STORAGE_ERRORS
 from workers.celery_app import app
+from workers.dataset_cache import CorruptDataset, DatasetCache
 
 log = logging.getLogger(__name__)
 # Infrastructure failures: retried with backoff, the trial itself is not to blame.
@@ -27,6 +31,27 @@ INFRASTRUCTURE_ERRORS = (OperationalError, DBAPIError, ConnectionError, *STORAGE
 def runtime() -> Runtime:
     """This process's runtime, built after the fork (engines must not cross a fork)."""
     return build_runtime(Settings())
+
+
+@functools.cache
+def dataset_cache() -> DatasetCache:
+    """This host's cache of uploaded data sets, filled from the store the API wrote to."""
+    settings = runtime().settings
+    return DatasetCache(settings.dataset_cache_folder, int(settings.dataset_cache_bytes),
+                        runtime().blobs)
+
+
+def data_file(data: DataDescription) -> Path | None:
+    """An uploaded data set's file on this host (fetched once); None for built-ins."""
+    if data.sha256 is None:
+        return None
+    try:
+        return dataset_cache().path_for(data.sha256)
+    except (BlobMissing, CorruptDataset) as error:
+        from workers.training import SetupError
+
+        raise SetupError(f"cannot read data set {data.name!r} ({data.sha256[:12]}): "
+                         f"{error}") from error
 
 
 @app.task(name=RUN_TRIAL_TASK, bind=True, autoretry_for=INFRASTRUCTURE_ERRORS,
@@ -51,7 +76,8 @@ def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome
 
     try:
         with trials.keep_alive(rt, ticket):
-            spec = TrainSpec.from_job(ticket.spec, init_seed=ticket.init_seed)
+            spec = TrainSpec.from_job(ticket.spec, ticket.data, init_seed=ticket.init_seed,
+                                      data_file=data_file(ticket.data))
             result = train(spec, [ticket.config], [on_epoch])[0]
     except INFRASTRUCTURE_ERRORS:
         raise

@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from tuner_service.adam import AdamConfig
-from tuner_service.schemas import DatasetSpec, JobCreate, ModelSpec
-from workers.data import Dataset, load_dataset
+from tuner_service.schemas import DataDescription, JobCreate, ModelSpec, TargetKind
+from workers.data import Dataset, SplitSpec, load_dataset, source_for
 from workers.models import build_model
 
 # Called after each epoch with (epoch starting at 1, objective value); returns why training
@@ -34,7 +35,8 @@ class TrainSpec:
     """Everything about a training run except the optimizer."""
 
     model: ModelSpec
-    dataset: DatasetSpec
+    dataset: SplitSpec
+    data: DataDescription
     epochs: int
     batch_size: int
     metric: str
@@ -42,13 +44,16 @@ class TrainSpec:
     # Initial weights and batch order; None: ``seed``. Confirmation re-trains with fresh ones
     # on the same split (which ``seed`` alone draws).
     init_seed: int | None = None
+    # An uploaded data set's file on local disk (the worker's cache); None for built-ins.
+    data_file: Path | None = None
 
     @classmethod
-    def from_job(cls, spec: JobCreate, init_seed: int | None = None) -> TrainSpec:
-        """The training part of a job spec."""
-        return cls(model=spec.model, dataset=spec.dataset, epochs=spec.budget.epochs,
+    def from_job(cls, spec: JobCreate, data: DataDescription, *,
+                 init_seed: int | None = None, data_file: Path | None = None) -> TrainSpec:
+        """The training part of a job spec, on its data set."""
+        return cls(model=spec.model, dataset=spec.dataset, data=data, epochs=spec.budget.epochs,
                    batch_size=spec.budget.batch_size, metric=spec.objective.metric,
-                   seed=spec.seed, init_seed=init_seed)
+                   seed=spec.seed, init_seed=init_seed, data_file=data_file)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,22 @@ def make_optimizer(config: AdamConfig) -> keras.optimizers.Adam:
     )
 
 
+def compile_for(model: keras.Model, target: TargetKind, optimizer: keras.optimizers.Optimizer
+                ) -> None:
+    """Loss and metrics follow the target alone: sparse cross-entropy on logits and accuracy
+    for classes (val_accuracy), mean squared error and mean absolute error for values
+    (val_mean_absolute_error)."""
+    loss, metrics = _LOSS_AND_METRICS[target]
+    model.compile(optimizer=optimizer, loss=loss(), metrics=list(metrics))
+
+
+_LOSS_AND_METRICS: dict[str, tuple[Callable[[], keras.losses.Loss], tuple[str, ...]]] = {
+    "classes": (lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                ("accuracy",)),
+    "values": (keras.losses.MeanSquaredError, ("mean_absolute_error",)),
+}
+
+
 def train(spec: TrainSpec, configs: Sequence[AdamConfig], hooks: Sequence[EpochHook]
           ) -> list[TrainResult]:
     """Train the model once per configuration; ``hooks[i]`` sees configuration i's epochs."""
@@ -83,11 +104,7 @@ def train(spec: TrainSpec, configs: Sequence[AdamConfig], hooks: Sequence[EpochH
 
 def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainResult:
     data, model = _set_up(spec)
-    model.compile(
-        optimizer=make_optimizer(config),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_for(model, spec.data.target.kind, make_optimizer(config))
     watcher = _EpochWatcher(spec.metric, hook)
     try:
         model.fit(
@@ -102,16 +119,16 @@ def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainRes
 
 def _set_up(spec: TrainSpec) -> tuple[Dataset, keras.Model]:
     try:
-        data = load_dataset(spec.dataset, spec.seed)
+        data = load_dataset(source_for(spec.data, spec.data_file), spec.dataset, spec.seed)
         keras.backend.clear_session()
         # The same seed for every trial: each starts from the same weights and batch order,
         # so trials differ only in their Adam numbers.
         keras.utils.set_random_seed(spec.seed if spec.init_seed is None else spec.init_seed)
-        return data, build_model(spec.model, data.input_shape, data.n_classes)
+        return data, build_model(spec.model, data.input_shape, spec.data.target.n_outputs)
     except OSError:
         raise  # a download or disk problem may pass: not a reason to stop the search
     except Exception as error:
-        raise SetupError(f"cannot set up {spec.model.builtin} on {spec.dataset.builtin}: "
+        raise SetupError(f"cannot set up {spec.model.builtin} on {spec.data.name}: "
                          f"{type(error).__name__}: {error}") from error
 
 

@@ -11,9 +11,16 @@ import keras
 import pytest
 
 from tuner_service.config import Settings
-from tuner_service.model_size import DATASETS, count_params, layer_sizes
-from tuner_service.schemas import CNNSpec, DatasetSpec, LogisticRegressionSpec, MLPSpec, ModelSpec
-from workers.data import load_dataset
+from tuner_service.datasets.catalog import BUILTINS
+from tuner_service.model_size import count_params, layer_sizes
+from tuner_service.schemas import (
+    BuiltinDatasetSpec,
+    CNNSpec,
+    LogisticRegressionSpec,
+    MLPSpec,
+    ModelSpec,
+)
+from workers.data import BuiltinSource, load_dataset
 from workers.models import build_model
 
 MODELS: list[ModelSpec] = [
@@ -30,35 +37,44 @@ MODELS: list[ModelSpec] = [
 ]
 
 
-@pytest.fixture(scope="module", params=sorted(DATASETS))
+# Every built-in's (examples shape, outputs), and uploads': one-channel images given as
+# (height, width), and a regression's three outputs.
+SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    **{name: (data.feature_shape, data.target.n_outputs) for name, data in BUILTINS.items()},
+    "upload_15x9": ((15, 9), 4),
+    "upload_regression_6x6x2": ((6, 6, 2), 3),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
 def dataset(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda model: repr(model))
 def test_the_parameter_count_is_keras_own(model: ModelSpec, dataset: str) -> None:
-    shape = DATASETS[dataset]
-    keras_model = build_model(model, shape.input_shape, shape.n_classes)
-    assert count_params(model, shape.input_shape, shape.n_classes) == keras_model.count_params()
+    shape, outputs = SHAPES[dataset]
+    keras_model = build_model(model, shape, outputs)
+    assert count_params(model, shape, outputs) == keras_model.count_params()
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda model: repr(model))
 def test_the_layers_outputs_are_keras_own(model: ModelSpec, dataset: str) -> None:
-    shape = DATASETS[dataset]
-    keras_model = build_model(model, shape.input_shape, shape.n_classes)
+    shape, outputs = SHAPES[dataset]
+    keras_model = build_model(model, shape, outputs)
     layers = [layer for layer in keras_model.layers
               if not isinstance(layer, keras.layers.InputLayer)]
-    ours = layer_sizes(model, shape.input_shape, shape.n_classes)
+    ours = layer_sizes(model, shape, outputs)
     assert [(size.params, size.outputs) for size in ours] == [
         (layer.count_params(), math.prod(layer.output.shape[1:])) for layer in layers]
 
 
 def test_the_digits_shape_is_what_the_worker_loads() -> None:
     # The other data sets download; their shapes are in workers/data.py's docstring.
-    data = load_dataset(DatasetSpec(builtin="digits"), 0)
-    expected = DATASETS["digits"]
-    assert data.input_shape == expected.input_shape
-    assert data.n_classes == expected.n_classes
+    data = load_dataset(BuiltinSource("digits"), BuiltinDatasetSpec(builtin="digits"), 0)
+    expected = BUILTINS["digits"]
+    assert data.input_shape == expected.feature_shape
+    assert int(max(data.y_train.max(), data.y_val.max())) + 1 == expected.target.n_classes
     assert len(data.y_train) + len(data.y_val) == expected.n_examples
 
 

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from tuner_service.adam import PAPER_DEFAULTS, AdamConfig
-from tuner_service.schemas import DatasetSpec, LogisticRegressionSpec, MLPSpec
+from tuner_service.datasets.catalog import BUILTINS
+from tuner_service.schemas import BuiltinDatasetSpec as DatasetSpec
+from tuner_service.schemas import (
+    DataDescription,
+    LogisticRegressionSpec,
+    MLPSpec,
+    UploadedDatasetSpec,
+)
 from workers.training import TrainSpec, make_optimizer, train
 
 SPEC = TrainSpec(
     model=LogisticRegressionSpec(builtin="logistic_regression"),
-    dataset=DatasetSpec(builtin="digits", max_samples=300),
+    dataset=DatasetSpec(builtin="digits", max_samples=300), data=BUILTINS["digits"],
     epochs=2, batch_size=32, metric="val_loss", seed=0,
 )
 
@@ -107,9 +115,38 @@ def test_mlp_and_validation_accuracy() -> None:
     assert 0.0 <= result.value <= 1.0
 
 
-def test_data_that_cannot_be_set_up_raises_setup_error() -> None:
+def test_data_that_cannot_be_set_up_raises_setup_error(tmp_path: Path) -> None:
     from workers.training import SetupError
 
-    spec = dataclasses.replace(SPEC, dataset=DatasetSpec(builtin="digits", max_samples=10))
-    with pytest.raises(SetupError, match="cannot set up logistic_regression on digits"):
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(b"PK\x03\x04 not really a zip")
+    data = BUILTINS["digits"].model_copy(update={"source": "upload", "name": "mine",
+                                                 "format": "npz", "sha256": "0" * 64})
+    spec = dataclasses.replace(SPEC, data=data, data_file=damaged)
+    with pytest.raises(SetupError, match="cannot set up logistic_regression on mine"):
         train(spec, [PAPER_DEFAULTS], [lambda e, v: None])
+
+
+@pytest.mark.parametrize(("targets", "metric"), [
+    ("classes", "val_accuracy"), ("values", "val_mean_absolute_error")])
+def test_loss_and_metrics_follow_the_target(tmp_path: Path, targets: str, metric: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) if targets == "classes" else x @ np.arange(5.0)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=x, y=y)
+    target = ({"kind": "classes", "n_classes": 2, "n_outputs": 2} if targets == "classes"
+              else {"kind": "values", "n_outputs": 1})
+    data = DataDescription.model_validate({
+        "source": "upload", "name": "mine", "format": "npz", "sha256": "1" * 64,
+        "n_examples": 120, "feature_shape": [5], "target": target})
+    seen: list[float] = []
+    spec = dataclasses.replace(SPEC, dataset=UploadedDatasetSpec(id="a" * 32), data=data,
+                               data_file=path, metric=metric, epochs=3)
+    (result,) = train(spec, [AdamConfig(0.05, 0.9, 0.999, 1e-7, 0.0)],
+                      [lambda e, v: seen.append(v) and None])
+    assert result.state == "complete" and len(seen) == 3
+    if targets == "classes":
+        assert 0.0 <= seen[-1] <= 1.0
+    else:
+        assert seen[-1] < seen[0]  # the mean absolute error falls as a linear model fits

@@ -38,6 +38,10 @@ def declared_length(headers: Headers) -> int | None:
     return int(value) if len(value) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
+# Uploads stream to disk under their own cap (``api/uploads.py``): never buffered here.
+STREAMED_PATHS = frozenset({"/v1/datasets"})
+
+
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413 before they reach the app."""
 
@@ -46,7 +50,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in STREAMED_PATHS:
             await self.app(scope, receive, send)
             return
         try:

@@ -65,8 +65,10 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
 
 
 async def _on_not_found(_request: Request, exc: Exception) -> JSONResponse:
-    shown = str(exc) if len(str(exc)) <= 64 else f"{str(exc)[:64]}…"  # ids are 32 characters
-    return JSONResponse(status_code=404, content={"detail": f"job {shown} not found"})
+    assert isinstance(exc, NotFound)
+    key = exc.key
+    shown = key if len(key) <= 64 else f"{key[:64]}…"  # ids are 32 characters
+    return JSONResponse(status_code=404, content={"detail": f"{exc.kind} {shown} not found"})
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:

@@ -8,14 +8,17 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -61,6 +64,10 @@ class JobModel(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     study_name: Mapped[str] = mapped_column(String(100), unique=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True, server_default=LOCAL_TENANT)
+    # An uploaded data set's id (no foreign key: the data set may be deleted once the job has
+    # ended) and what it was when the job was submitted, so the report still names it.
+    dataset_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
+    dataset: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     n_trials: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -146,3 +153,49 @@ class BrowserSessionModel(Base):
     kind: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetModel(Base):
+    """A tenant's uploaded data set: what it is (shape, target) and which stored bytes hold it.
+
+    The bytes are content-addressed (``sha256``) and shared: one tenant uploading the same
+    file twice gets the same row, and two tenants' rows may name the same blob.
+    """
+
+    __tablename__ = "tuner_datasets"
+    __table_args__ = (UniqueConstraint("tenant", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    label_column: Mapped[str | None] = mapped_column(String(200), default=None)
+    task: Mapped[str | None] = mapped_column(String(16), default=None)
+    # n_examples, feature_shape, target {kind, n_classes, n_outputs}, splits
+    description: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BlobModel(Base):
+    """Stored bytes by their SHA-256, kept in the database (``BlobChunkModel``) so that a worker
+    on another host reads them with no shared filesystem."""
+
+    __tablename__ = "tuner_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BlobChunkModel(Base):
+    """One piece of a blob, in order of ``seq``; small pieces keep memory flat both ways."""
+
+    __tablename__ = "tuner_blob_chunks"
+
+    sha256: Mapped[str] = mapped_column(
+        ForeignKey("tuner_blobs.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

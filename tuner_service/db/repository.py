@@ -21,6 +21,10 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_job makes them
 class NotFound(LookupError):
     """No row with that id (or none the caller's tenant may see)."""
 
+    def __init__(self, key: str, kind: str = "job") -> None:
+        super().__init__(key)
+        self.key, self.kind = key, kind
+
 
 # ``tenant=`` of the functions below: a tenant's name sees that tenant's jobs only; this sees
 # every tenant's (admin tokens, and the workers and recovery, which act for every tenant).
@@ -150,16 +154,18 @@ def stored_specs(session: Session, job_ids: list[str], *, tenant: str | None
     return [StoredSpec(*row) for row in rows]
 
 
-def recent_specs_on(session: Session, *, model: str, dataset: str, epochs: int, limit: int,
-                    tenant: str | None) -> list[StoredSpec]:
+def recent_specs_on(session: Session, *, model: str, dataset: tuple[str, str], epochs: int,
+                    limit: int, tenant: str | None) -> list[StoredSpec]:
     """Newest first, at most ``limit``: the jobs of ``tenant`` training this built-in model on
-    this built-in data set for this many epochs. A coarse filter in SQL (JSON paths work on
-    SQLite and PostgreSQL alike); callers compare the rest of the specs."""
+    this data set (its spec's key and value: ("builtin", "digits"), ("id", ...)) for this many
+    epochs. A coarse filter in SQL (JSON paths work on SQLite and PostgreSQL alike); callers
+    compare the rest of the specs."""
+    dataset_key, dataset_value = dataset
     rows = session.execute(
         _STORED_SPEC
         .where(_visible(tenant),
                _SPEC[("model", "builtin")].as_string() == model,
-               _SPEC[("dataset", "builtin")].as_string() == dataset,
+               _SPEC[("dataset", dataset_key)].as_string() == dataset_value,
                _SPEC[("budget", "epochs")].as_integer() == epochs)
         .order_by(JobModel.created_at.desc(), JobModel.id)
         .limit(limit)

@@ -24,7 +24,7 @@ from tuner_service.schemas import (
     TrialState,
 )
 from tuner_service.tenancy import Caller
-from tuner_service.validation import SpecRefused, as_validation_errors, spec_problems
+from tuner_service.validation import SpecRefused, as_validation_errors
 from tuner_service.views import job_public, trial_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={**COMMON, **SIGNED_IN})
@@ -36,9 +36,6 @@ TopK = Annotated[int, Query(ge=1, le=50, description="How many top trials to com
 def submit_job(spec: JobCreate, rt: RuntimeDep, caller: ApiCaller) -> Response:
     """Submit a tuning job, owned by the token's tenant; its trials are queued for the
     workers."""
-    problems = spec_problems(spec, rt.settings)
-    if problems:
-        raise RequestValidationError(as_validation_errors(problems))
     try:
         job = jobs.submit_job(rt, spec, caller=caller)
     except SpecRefused as refused:

@@ -1,0 +1,1 @@
+"""Users' uploaded data sets: reading, validating and cataloguing them (no TensorFlow)."""
