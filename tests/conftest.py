@@ -200,12 +200,21 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @contextlib.contextmanager
 def http_server(settings: Settings) -> Iterator[str]:
     """A real HTTP server (uvicorn on a loopback port) over ``settings``; yields its URL."""
+    with serve(create_app(settings, recover_every_s=None)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Any ASGI app under a real uvicorn on a loopback port; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, recover_every_s=None),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"

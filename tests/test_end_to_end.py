@@ -6,14 +6,17 @@ fixture starts one real worker per backend).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import WorkerStack
+from tuner_service.runtime import build_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -103,15 +106,26 @@ def test_a_killed_worker_process_loses_nothing(stack: WorkerStack) -> None:
 
 
 def test_a_job_that_cannot_set_up_fails_at_once_with_the_reason(stack: WorkerStack) -> None:
-    # 10 examples cannot be split into a stratified validation set of all 10 digit classes.
-    job_id = stack.submit({**DIGITS, "dataset": {"builtin": "digits", "max_samples": 10},
+    # An uploaded data set whose stored bytes were lost behind the service's back (a restored
+    # backup without them, a wiped folder): no configuration can train on it.
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    dataset = stack.client.post("/v1/datasets",
+                                files={"file": ("lost.npz", buffer.getvalue())}).json()
+    rt = build_runtime(stack.settings)
+    try:
+        rt.blobs.delete(dataset["sha256"])
+    finally:
+        rt.close()
+    job_id = stack.submit({**DIGITS, "dataset": {"id": dataset["id"]},
                            "budget": {"n_trials": 20, "epochs": 2}})
     # A slot another worker process claimed as the job failed ends a moment after it.
     job = stack.wait(job_id, until=lambda job: job["status"] in ("failed", "succeeded",
                                                                    "cancelled")
                      and job["trials_ended"] == 20)
     assert job["status"] == "failed"
-    assert job["error"].startswith("cannot set up logistic_regression on digits: ValueError")
+    assert job["error"].startswith(f"cannot read data set 'lost' ({dataset['sha256'][:12]})")
     assert job["trials_ended"] == 20
     trials = _trials(stack, job_id)
     assert [t["state"] for t in trials if t["state"] != "waiting"] == ["fail"]

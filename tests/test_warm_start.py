@@ -8,10 +8,13 @@ a real worker process.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +24,7 @@ from tests.api.test_jobs_validation import GOOD
 from tests.conftest import WorkerStack
 from tuner_service import jobs, trials
 from tuner_service.adam import PAPER_DEFAULTS, AdamConfig
+from tuner_service.datasets import service as datasets
 from tuner_service.db.repository import count_rows
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime, build_runtime
@@ -281,3 +285,27 @@ def test_a_second_job_learns_from_the_first_through_a_real_worker(stack: WorkerS
         assert stored[WARM_SOURCES_ATTR] == [{"job_id": first, "trials": len(first_trials)}]
     finally:
         rt.close()
+
+
+def _upload(rt: Runtime, tmp_path: Path, seed: int) -> str:
+    """A data set of the local tenant, as the upload route stores one."""
+    rng = np.random.default_rng(seed)
+    path = tmp_path / f"set-{seed}.npz"
+    np.savez(path, x=rng.normal(size=(40, 3)), y=np.arange(40) % 2)
+    upload = datasets.Upload(path, path.name, path.stat().st_size,
+                             hashlib.sha256(path.read_bytes()).hexdigest())
+    dataset, _ = datasets.register_upload(rt, upload, datasets.UploadOptions(), tenant="local")
+    return dataset.id
+
+
+def test_auto_learns_only_from_jobs_on_the_same_uploaded_data_set(runtime: Runtime,
+                                                                  tmp_path: Path) -> None:
+    mine, other = _upload(runtime, tmp_path, 1), _upload(runtime, tmp_path, 2)
+    on_mine, _ = _source(runtime, dataset={"id": mine})
+    _source(runtime, dataset={"id": other})
+    _source(runtime)  # on digits
+    job = jobs.submit_job(runtime, _spec(dataset={"id": mine}), caller=LOCAL)
+    assert runtime.studies.warm_start_sources(job.study_name) == [WarmSource(on_mine, 4)]
+    with pytest.raises(SpecRefused, match="dataset"):
+        jobs.submit_job(runtime, _spec(dataset={"id": mine}, warm_start=[_source(
+            runtime, dataset={"id": other})[0]]), caller=LOCAL)

@@ -174,6 +174,14 @@ BAD_UPLOADS: list[tuple[str, str, bytes, dict[str, str], int, str, str]] = [
     ("bad-task", "data.npz", classification_npz(), {"task": "clustering"}, 422, "task",
      "classes"),
     ("truncated-npz", "data.npz", classification_npz(200)[:900], {}, 422, "file", ""),
+    ("label-column-for-npz", "data.npz", classification_npz(), {"label_column": "y"}, 422,
+     "label_column", "CSV"),
+    ("huge-label-column", "data.csv", b"a,b\n1,2\n", {"label_column": "c" * 300}, 422,
+     "label_column", "200"),
+    ("name-with-control-characters", "data.npz", classification_npz(),
+     {"name": "bad\x07name"}, 422, "name", "printable"),
+    ("unknown-form-field", "data.npz", classification_npz(), {"labels": "y"}, 422, "labels",
+     "unknown"),
 ]
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +12,11 @@ from typing import Any
 import httpx
 import httpx2  # what Starlette's TestClient is built on
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from tests.servers import free_port
+from tests.conftest import serve
 from tuner_service.api.uploads import ENVELOPE_BYTES, UploadProblem, receive_upload
 
 MiB = 2**20
@@ -366,24 +362,6 @@ def test_a_malformed_body_is_400(client: TestClient, tmp_dir: Path, body: bytes)
 
 
 # --- a real server -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_a_chunked_upload_through_uvicorn(tmp_dir: Path) -> None:

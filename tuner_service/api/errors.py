@@ -21,9 +21,17 @@ from tuner_service.studies import STORAGE_ERRORS
 log = logging.getLogger(__name__)
 
 
+# Union members' tags that pydantic puts in an error's location after the field: the user
+# wrote dataset.validation_split, not dataset.builtin.validation_split.
+_UNION_TAGS = {"dataset": ("builtin", "upload")}
+
+
 def field_name(loc: Sequence[Any]) -> str:
-    """``("body", "search_space", "beta_1", "range", "high")`` -> ``search_space.beta_1.high``."""
-    parts = [p for p in loc if p not in ("body", "range", "fixed")]
+    """``("body", "search_space", "beta_1", "range", "high")`` -> ``search_space.beta_1.high``;
+    ``("body", "dataset", "upload", "id")`` -> ``dataset.id``."""
+    kept = [p for p in loc if p not in ("body", "range", "fixed")]
+    parts = [p for i, p in enumerate(kept)
+             if not (i and p in _UNION_TAGS.get(str(kept[i - 1]), ()))]
     text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))

@@ -29,6 +29,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from tuner_service.datasets.formats import DatasetProblem
+
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
@@ -47,14 +49,9 @@ _MAX_LENGTH_DIGITS = 18
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf"})
 
 
-class UploadProblem(Exception):
-    """Why an upload was refused: the HTTP status to answer with and the form field at fault."""
-
-    def __init__(self, message: str, *, status: int = 422, field: str = "file") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
+class UploadProblem(DatasetProblem):
+    """Why an upload was refused before its content was looked at (the request itself): the
+    HTTP status to answer with and the form field at fault."""
 
 
 @dataclass(frozen=True)

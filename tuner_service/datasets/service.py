@@ -69,6 +69,10 @@ def register_upload(rt: Runtime, upload: Upload, options: UploadOptions, *, tena
     bad file, ``DatasetInUse`` when the same file is there with another label column or
     task; stores nothing then."""
     fmt = formats.format_of(upload.filename)
+    if fmt == "npz" and options.label_column is not None:
+        raise formats.DatasetProblem(
+            "an .npz file names its target array y (or y_train and y_val); label_column is "
+            "for CSV and Parquet files", field="label_column")
     existing = _existing(rt, upload.sha256, options, tenant)
     if existing is not None:
         return existing, False

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from tuner_service.api.auth import ApiCaller
 from tuner_service.api.deps import RuntimeDep
 from tuner_service.api.openapi import COMMON, SIGNED_IN, Responses, json_error
-from tuner_service.api.uploads import UploadProblem, receive_upload
+from tuner_service.api.uploads import receive_upload
 from tuner_service.datasets import formats
 from tuner_service.datasets import service as datasets
 from tuner_service.schemas import DatasetPublic, DatasetsPublic
@@ -70,9 +70,7 @@ async def upload_dataset(request: Request, rt: RuntimeDep, caller: ApiCaller) ->
             # Parsing and storing are blocking (and, for a big table, seconds of CPU).
             dataset, created = await anyio.to_thread.run_sync(
                 lambda: datasets.register_upload(rt, received, options, tenant=caller.tenant))
-    except UploadProblem as problem:
-        return _problem(problem.status, problem.field, problem.message)
-    except formats.DatasetProblem as problem:
+    except formats.DatasetProblem as problem:  # the request's or the file's (UploadProblem)
         return _problem(problem.status, problem.field, problem.message)
     except datasets.DatasetInUse as conflict:
         return JSONResponse(status_code=409, content={"detail": str(conflict)})
@@ -89,7 +87,12 @@ def _options(fields: dict[str, str]) -> datasets.UploadOptions:
     if name is not None and (len(name) > datasets.MAX_NAME or not name.isprintable()):
         raise formats.DatasetProblem(
             f"name must be 1 to {datasets.MAX_NAME} printable characters", field="name")
-    return datasets.UploadOptions(name=name, label_column=fields.get("label_column") or None,
+    label_column = fields.get("label_column") or None
+    if label_column is not None and len(label_column) > datasets.MAX_NAME:
+        raise formats.DatasetProblem(
+            f"label_column must be at most {datasets.MAX_NAME} characters",
+            field="label_column")
+    return datasets.UploadOptions(name=name, label_column=label_column,
                                   task=task)  # type: ignore[arg-type]
 
 
