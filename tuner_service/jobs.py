@@ -62,6 +62,7 @@ def submit_job(rt: Runtime, spec: JobCreate, *, caller: Caller) -> JobModel:
     )
     try:
         with session_scope(rt.sessions) as session:
+            datasets.hold(session, data, tenant=caller.tenant)
             repo.add_job(session, job=job)
     except Exception:
         rt.studies.delete(study_name)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from tuner_service.datasets import formats
 from tuner_service.datasets.catalog import BUILTINS
@@ -148,7 +149,9 @@ def delete_dataset(rt: Runtime, dataset_id: str, *, tenant: str | None) -> None:
     ``tenant`` may not see it; ``DatasetInUse`` while a queued or running job trains on it.
     Ended jobs keep their report: what they trained on was stamped on them."""
     with session_scope(rt.sessions) as session:
-        row = rows.find(session, dataset_id, tenant=tenant)
+        # Locked before the check: a job being stored on it (``hold``) finishes first, and is
+        # then counted, or finds the data set gone.
+        row = rows.lock(session, dataset_id, tenant=tenant, exclusive=True)
         if row is None:
             raise NotFound(dataset_id, "data set")
         active = rows.active_jobs_on(session, dataset_id)
@@ -166,6 +169,15 @@ def _forget_bytes(rt: Runtime, sha256: str) -> None:
         if rows.hash_in_use(session, sha256):
             return
     rt.blobs.delete(sha256)
+
+
+def hold(session: Session, data: DataDescription, *, tenant: str) -> None:
+    """In the transaction that stores a job on ``data``: keep an uploaded data set from being
+    deleted until the job is stored (and then counted as using it); ``SpecRefused`` if it was
+    deleted since ``describe``."""
+    if data.id is not None and rows.lock(session, data.id, tenant=tenant,
+                                         exclusive=False) is None:
+        raise SpecRefused([(("dataset", "id"), f"data set {data.id} was deleted meanwhile")])
 
 
 def describe(rt: Runtime, spec: BuiltinDatasetSpec | UploadedDatasetSpec, *, tenant: str

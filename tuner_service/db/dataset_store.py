@@ -43,6 +43,17 @@ def find(session: Session, dataset_id: str, *, tenant: str | None) -> DatasetMod
     ).one_or_none()
 
 
+def lock(session: Session, dataset_id: str, *, tenant: str | None, exclusive: bool
+         ) -> DatasetModel | None:
+    """``find`` that also locks the row until the transaction ends (PostgreSQL; SQLite has a
+    single writer anyway): shared by a job being stored on it, exclusive by its deletion, so
+    that neither can slip past the other's check."""
+    return session.scalars(
+        select(DatasetModel).where(DatasetModel.id == dataset_id, _visible(tenant))
+        .with_for_update(read=not exclusive)
+    ).one_or_none()
+
+
 def find_by_hash(session: Session, sha256: str, *, tenant: str) -> DatasetModel | None:
     """The tenant's data set holding exactly these bytes, if it has one."""
     return session.scalars(
