@@ -19,8 +19,8 @@ _DIGITS = re.compile(r"[0-9]+")
 _MAX_DIGITS = 18
 
 
-class _BadLength(Exception):
-    pass
+class BadLength(Exception):
+    """A Content-Length that is not one plain non-negative integer."""
 
 
 class _ClientGone(Exception):
@@ -28,12 +28,12 @@ class _ClientGone(Exception):
 
 
 def declared_length(headers: Headers) -> int | None:
-    """The Content-Length, None when absent; raises ``_BadLength`` unless one plain integer."""
+    """The Content-Length, None when absent; raises ``BadLength`` unless one plain integer."""
     values = {value.strip() for value in headers.getlist("content-length")}
     if not values:
         return None
     if len(values) > 1 or not _DIGITS.fullmatch(next(iter(values))):
-        raise _BadLength
+        raise BadLength
     value = values.pop()
     return int(value) if len(value) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
@@ -55,7 +55,7 @@ class BodyLimit:
             return
         try:
             declared = declared_length(Headers(scope=scope))
-        except _BadLength:
+        except BadLength:
             detail = "Content-Length must be one non-negative integer"
             await send_json(scope, send, 400, {"detail": detail})
             return

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tuner_service.datasets.service import DatasetInUse
 from tuner_service.db.repository import NotFound
 from tuner_service.jobs import JobConflict
 from tuner_service.studies import STORAGE_ERRORS
@@ -121,3 +122,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _on_not_found)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(JobConflict, _on_conflict)
+    app.add_exception_handler(DatasetInUse, _on_conflict)

@@ -29,6 +29,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from tuner_service.api.bodies import BadLength, declared_length
 from tuner_service.datasets.formats import DatasetProblem
 
 if TYPE_CHECKING:
@@ -41,9 +42,6 @@ ENVELOPE_BYTES = 64 * 1024
 MAX_FILENAME_CHARS = 255
 # A longer "extension" is not one; truncating a long name keeps a real one (the format hint).
 _MAX_EXTENSION_CHARS = 16
-_DIGITS = re.compile(r"[0-9]+")
-# More digits than this is over any cap, and int() of thousands of digits is refused anyway.
-_MAX_LENGTH_DIGITS = 18
 # Control (Cc) and format (Cf: bidi overrides, zero-width) characters: neither belongs in a name
 # shown back to people, and the bidi ones can disguise an extension.
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf"})
@@ -108,14 +106,14 @@ def _boundary(content_type: str | None, file_field: str) -> bytes:
 
 
 def _check_declared_length(request: Request, body_limit: int, max_bytes: int) -> None:
-    """Refuse by Content-Length alone, before reading a byte, when the body cannot fit."""
-    values = {value.strip() for value in request.headers.getlist("content-length")}
-    if not values:
-        return  # chunked: the limit is enforced while the body streams
-    value = values.pop()
-    if values or not _DIGITS.fullmatch(value):
-        raise UploadProblem("Content-Length must be one non-negative integer", status=400)
-    if len(value) > _MAX_LENGTH_DIGITS or int(value) > body_limit:
+    """Refuse by Content-Length alone, before reading a byte, when the body cannot fit (none
+    given: chunked, the limit is enforced while the body streams)."""
+    try:
+        declared = declared_length(request.headers)
+    except BadLength:
+        raise UploadProblem("Content-Length must be one non-negative integer",
+                            status=400) from None
+    if declared is not None and declared > body_limit:
         raise too_large(max_bytes)
 
 

@@ -4,7 +4,6 @@ stored; a refused one leaves no row and no stored bytes."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ from tuner_service.schemas import (
 )
 from tuner_service.validation import SpecRefused
 
-log = logging.getLogger(__name__)
 MAX_NAME = 200
 
 

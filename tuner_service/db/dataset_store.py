@@ -3,7 +3,7 @@ a ``BlobStore`` (``tuner_service/datasets/store.py``), found by ``sha256``."""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy import ColumnElement, Select, func, select, true
 from sqlalchemy.orm import Session
 
 from tuner_service.db.models import DatasetModel, JobModel, aware
@@ -36,11 +36,13 @@ def add(session: Session, row: DatasetModel) -> None:
     session.flush()
 
 
+def _by_id(dataset_id: str, tenant: str | None) -> Select[DatasetModel]:
+    return select(DatasetModel).where(DatasetModel.id == dataset_id, _visible(tenant))
+
+
 def find(session: Session, dataset_id: str, *, tenant: str | None) -> DatasetModel | None:
     """A data set that ``tenant`` may see (None: any tenant's)."""
-    return session.scalars(
-        select(DatasetModel).where(DatasetModel.id == dataset_id, _visible(tenant))
-    ).one_or_none()
+    return session.scalars(_by_id(dataset_id, tenant)).one_or_none()
 
 
 def lock(session: Session, dataset_id: str, *, tenant: str | None, exclusive: bool
@@ -49,9 +51,7 @@ def lock(session: Session, dataset_id: str, *, tenant: str | None, exclusive: bo
     single writer anyway): shared by a job being stored on it, exclusive by its deletion, so
     that neither can slip past the other's check."""
     return session.scalars(
-        select(DatasetModel).where(DatasetModel.id == dataset_id, _visible(tenant))
-        .with_for_update(read=not exclusive)
-    ).one_or_none()
+        _by_id(dataset_id, tenant).with_for_update(read=not exclusive)).one_or_none()
 
 
 def find_by_hash(session: Session, sha256: str, *, tenant: str) -> DatasetModel | None:

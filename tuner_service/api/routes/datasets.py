@@ -72,8 +72,6 @@ async def upload_dataset(request: Request, rt: RuntimeDep, caller: ApiCaller) ->
                 lambda: datasets.register_upload(rt, received, options, tenant=caller.tenant))
     except formats.DatasetProblem as problem:  # the request's or the file's (UploadProblem)
         return _problem(problem.status, problem.field, problem.message)
-    except datasets.DatasetInUse as conflict:
-        return JSONResponse(status_code=409, content={"detail": str(conflict)})
     return Response(dataset.model_dump_json(), status_code=201 if created else 200,
                     media_type="application/json")
 
@@ -116,8 +114,5 @@ def get_dataset(dataset_id: str, rt: RuntimeDep, caller: ApiCaller) -> DatasetPu
 def delete_dataset(dataset_id: str, rt: RuntimeDep, caller: ApiCaller) -> Response:
     """Delete a data set (and its stored bytes once no data set holds them); ended jobs keep
     their reports."""
-    try:
-        datasets.delete_dataset(rt, dataset_id, tenant=caller.scope)
-    except datasets.DatasetInUse as conflict:
-        return JSONResponse(status_code=409, content={"detail": str(conflict)})
+    datasets.delete_dataset(rt, dataset_id, tenant=caller.scope)
     return Response(status_code=204)
