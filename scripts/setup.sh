@@ -8,3 +8,8 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+# With "dev": the tests' model plugins (tests/plugin_package), an entry-point package like those
+# operators install on workers. No build isolation: TensorFlow already brought setuptools.
+case ",$extras," in
+    *,dev,*) .venv/bin/python -m pip install --quiet --no-build-isolation -e tests/plugin_package ;;
+esac

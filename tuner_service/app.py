@@ -17,7 +17,7 @@ from tuner_service.api.crosssite import CrossSiteGuard
 from tuner_service.api.docs import install_docs
 from tuner_service.api.errors import install_error_handlers
 from tuner_service.api.middleware import RequestGuard
-from tuner_service.api.routes import datasets, health, jobs, pages, signin
+from tuner_service.api.routes import datasets, health, jobs, models, pages, signin
 from tuner_service.config import Settings
 from tuner_service.jobs import recover_lost_work
 from tuner_service.runtime import Runtime, build_runtime
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, recover_every_s: float | Non
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(models.router)
     app.include_router(pages.router)
     app.include_router(signin.router)
     install_docs(app)

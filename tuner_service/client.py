@@ -21,6 +21,8 @@ from tuner_service.schemas import (
     JobPublic,
     JobsPublic,
     Me,
+    ModelFilePublic,
+    ModelsPublic,
     SigninLink,
     TrialsPublic,
 )
@@ -158,12 +160,17 @@ class TunerClient:
         """Upload a data set file (.npz, .csv, .parquet), streamed from disk; ``progress``
         is called with each chunk's size as it is sent. Uploading the same file again
         returns the same data set."""
-        fields = {key: value for key, value in
-                  {"name": name, "label_column": label_column, "task": task}.items() if value}
+        fields = {"name": name, "label_column": label_column, "task": task}
+        return self._upload(DatasetPublic, "/v1/datasets", path, fields, progress)
+
+    def _upload(self, model: type[Model], route: str, path: str | os.PathLike[str],
+                fields: dict[str, str | None], progress: Callable[[int], None] | None
+                ) -> Model:
         with open(path, "rb") as file:
             # httpx reads a file part in chunks as it sends: counting reads counts the upload.
             source: Any = _Counting(file, progress) if progress else file
-            return self._call(DatasetPublic, "POST", "/v1/datasets", data=fields,
+            return self._call(model, "POST", route,
+                              data={key: value for key, value in fields.items() if value},
                               files={"file": (Path(path).name, source)},
                               timeout=httpx.Timeout(self._timeout_s, write=None, read=600.0))
 
@@ -179,6 +186,39 @@ class TunerClient:
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete a data set (409 while a queued or running job trains on it)."""
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def upload_model(self, path: str | os.PathLike[str], *, name: str | None = None,
+                     progress: Callable[[int], None] | None = None) -> ModelFilePublic:
+        """Upload a .keras model file; a worker then inspects it (``wait_for_model``).
+        Uploading the same file again returns the same model."""
+        return self._upload(ModelFilePublic, "/v1/models", path, {"name": name}, progress)
+
+    def models(self, offset: int = 0, limit: int = 50) -> ModelsPublic:
+        """Built-ins, the plugins live workers offer, and a page of the caller's files."""
+        return self._call(ModelsPublic, "GET", "/v1/models",
+                          params={"offset": offset, "limit": limit})
+
+    def model(self, model_id: str) -> ModelFilePublic:
+        """One model file, with its inspection's verdict."""
+        return self._call(ModelFilePublic, "GET", f"/v1/models/{model_id}")
+
+    def wait_for_model(self, model_id: str, timeout_s: float = 300.0,
+                       poll_s: float = 0.5) -> ModelFilePublic:
+        """Poll a model file until its inspection ends (ready or rejected); TimeoutError
+        when it has not after ``timeout_s`` (no worker running?)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            model = self.model(model_id)
+            if model.status != "validating":
+                return model
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model {model_id} is still being inspected after "
+                                   f"{timeout_s:.0f} s: is a worker running?")
+            time.sleep(poll_s)
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model file (409 while a queued or running job trains it)."""
+        self._request("DELETE", f"/v1/models/{model_id}")
 
     def me(self) -> Me:
         """The tenant the token acts for, and whether it is an admin token."""

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1_000_000
     max_model_params: int = Field(
         default=100_000_000,
-        description="Largest model (parameter count) a job may train; checked at submit.",
+        description="Largest model (parameter count) a job may train; checked at submit "
+        "(and for an uploaded model file, when a worker inspects it).",
     )
     max_training_memory: ByteSize = Field(
         default=ByteSize(4 * 2**30),
@@ -71,6 +72,19 @@ class Settings(BaseSettings):
         description="Where uploaded data sets' bytes live: `files` under $TUNER_HOME/datasets "
         "(one machine), `database` in the service's database in 1 MiB chunks (workers on other "
         "hosts read them with no shared disk); `auto`: files on SQLite, database otherwise.")
+    max_model_bytes: ByteSize = Field(
+        default=ByteSize(512 * 2**20),
+        description="Largest .keras model file one upload may send (checked while it streams).")
+    model_inspect_time_limit_s: int = Field(
+        default=120, ge=1,
+        description="A worker's inspection of an uploaded model file (in a child process of "
+        "its own) is stopped after this long and the file rejected.")
+    worker_heartbeat_s: float = Field(
+        default=15.0, gt=0,
+        description="How often a worker process tells the registry it is alive.")
+    worker_lost_after_s: float = Field(
+        default=60.0, gt=0,
+        description="A worker silent for this long no longer counts as offering its plugins.")
     dataset_cache_bytes: ByteSize = Field(
         default=ByteSize(20 * 2**30),
         description="Disk a worker host's cache of data sets may use ($TUNER_HOME/cache/"
@@ -159,6 +173,11 @@ class Settings(BaseSettings):
     def dataset_cache_folder(self) -> Path:
         """A worker host's cache of data set files, by hash."""
         return (self.home / "cache" / "datasets").resolve()
+
+    @property
+    def model_cache_folder(self) -> Path:
+        """A worker host's cache of uploaded model files, by hash."""
+        return (self.home / "cache" / "models").resolve()
 
     @property
     def upload_folder(self) -> Path:

@@ -16,6 +16,8 @@ from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.dispatch import dispatch
+from tuner_service.model_sources import files as model_files
+from tuner_service.model_sources.resolve import describe as describe_model
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
 from tuner_service.studies import StudySummary, TrialRecord, WarmSource, study_name_for
@@ -40,21 +42,25 @@ def submit_job(rt: Runtime, spec: JobCreate, *, caller: Caller) -> JobModel:
     data set (or names one the tenant does not have), or ``warm_start`` names jobs it cannot
     learn from, and ``LimitExceeded`` when the tenant has too much work queued already."""
     data = datasets.describe(rt, spec.dataset, tenant=caller.tenant)
-    problems = spec_problems(spec, data, rt.settings)
+    model = describe_model(rt, spec.model, tenant=caller.tenant)
+    problems = spec_problems(spec, data, rt.settings, model)
     if problems:
         raise SpecRefused(problems)
     warm = warm_plan(rt, spec, owner=caller.tenant, scope=caller.scope)
     check_limits(rt, spec, caller)
     job_id = uuid.uuid4().hex
     study_name = study_name_for(job_id)
-    rt.studies.create(study_name, spec, warm.trials, warm.first)
+    rt.studies.create(study_name, spec, warm.trials, warm.first,
+                      model.searched_hyperparameters)
     job = JobModel(
         id=job_id,
-        name=spec.name or f"{spec.model.builtin}-{data.name}"[:200],
+        name=spec.name or f"{spec.model.label}-{data.name}"[:200],
         status="queued",
         spec=spec.model_dump(mode="json"),
         dataset_id=data.id,
         dataset=data.model_dump(mode="json"),
+        model_id=model.id,
+        model=model.model_dump(mode="json"),
         study_name=study_name,
         tenant=caller.tenant,
         n_trials=spec.budget.n_trials,
@@ -63,6 +69,7 @@ def submit_job(rt: Runtime, spec: JobCreate, *, caller: Caller) -> JobModel:
     try:
         with session_scope(rt.sessions) as session:
             datasets.hold(session, data, tenant=caller.tenant)
+            model_files.hold(session, model, tenant=caller.tenant)
             repo.add_job(session, job=job)
     except Exception:
         rt.studies.delete(study_name)
@@ -261,4 +268,4 @@ def recover_lost_work(rt: Runtime) -> int:
     for job_id, slot_number in keys:
         log.warning("resending lost trial slot %s/%s", job_id, slot_number)
         dispatch(rt, job_id, [slot_number])
-    return len(keys)
+    return len(keys) + model_files.resend_lost_inspections(rt)

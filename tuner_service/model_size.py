@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tuner_service.model_sources.types import ModelDescription
 from tuner_service.schemas import (
+    Architecture,
     CNNSpec,
     DataDescription,
     JobCreate,
@@ -140,7 +142,7 @@ class LayerSize:
     stored: bool = True  # whether training keeps the outputs (a reshape's are its input's)
 
 
-def layer_sizes(model: ModelSpec, input_shape: Shape, n_outputs: int) -> list[LayerSize]:
+def layer_sizes(model: Architecture, input_shape: Shape, n_outputs: int) -> list[LayerSize]:
     """Every layer of the model after its input, in order."""
     sizes = []
     shape = input_shape
@@ -150,18 +152,40 @@ def layer_sizes(model: ModelSpec, input_shape: Shape, n_outputs: int) -> list[La
     return sizes
 
 
-def count_params(model: ModelSpec, input_shape: Shape, n_outputs: int) -> int:
+def count_params(model: Architecture, input_shape: Shape, n_outputs: int) -> int:
     """The model's parameter count, as Keras's ``model.count_params()`` gives it."""
     return sum(size.params for size in layer_sizes(model, input_shape, n_outputs))
 
 
-def shape_problem(model: ModelSpec, data: DataDescription) -> str | None:
-    """Why ``model`` cannot take ``data``'s examples, or None when it can."""
+def shape_problem(model: ModelSpec, described: ModelDescription, data: DataDescription
+                  ) -> str | None:
+    """Why ``model`` cannot take ``data``'s examples or predict its target, or None when it
+    can. Built-ins and build plugins adapt to any shape; a file or a HyperModel has its own."""
     if isinstance(model, CNNSpec) and len(data.feature_shape) not in (2, 3):
         return (f"cnn needs examples shaped (height, width) or (height, width, channels); "
                 f"{data.name!r} has feature_shape {list(data.feature_shape)}: use mlp or "
                 "logistic_regression")
+    if described.input_shape is not None and not _fits(described.input_shape,
+                                                       data.feature_shape):
+        return (f"{described.name!r} takes inputs shaped {_shown(described.input_shape)}, "
+                f"but data set {data.name!r} has feature_shape {_shown(data.feature_shape)}")
+    if described.output_shape is not None and not _fits(described.output_shape,
+                                                        (data.target.n_outputs,)):
+        wanted = (f"{data.target.n_classes} classes" if data.target.kind == "classes"
+                  else f"{data.target.n_outputs} values")
+        return (f"{described.name!r} outputs shape {_shown(described.output_shape)}, but "
+                f"data set {data.name!r} needs one output per target: shape "
+                f"[{data.target.n_outputs}] ({wanted})")
     return None
+
+
+def _fits(declared: tuple[int | None, ...], actual: tuple[int, ...]) -> bool:
+    return len(declared) == len(actual) and all(
+        size is None or size == real for size, real in zip(declared, actual, strict=True))
+
+
+def _shown(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("None" if size is None else str(size) for size in shape) + "]"
 
 
 @dataclass(frozen=True)
@@ -179,7 +203,8 @@ class TrainingMemory:
         return self.weights_bytes + self.batch_bytes
 
 
-def estimate_training_memory(spec: JobCreate, data: DataDescription) -> TrainingMemory:
+def estimate_training_memory(spec: JobCreate, data: DataDescription,
+                             described: ModelDescription | None = None) -> TrainingMemory:
     """Memory one trial of ``spec`` needs to train, in a deliberately simple model.
 
     Left out, so this is a floor rather than a forecast: the data set's arrays (about 0.7 GiB
@@ -188,7 +213,7 @@ def estimate_training_memory(spec: JobCreate, data: DataDescription) -> Training
     inside a layer (a ReLU's input beside its output, dropout masks), convolution workspaces
     and allocator fragmentation.
     """
-    sizes = layer_sizes(spec.model, data.feature_shape, data.target.n_outputs)
+    sizes = _sizes(spec.model, data, described)
     params = sum(size.params for size in sizes)
     # Keras never makes a batch larger than the training set, which is at most this.
     batch = min(spec.budget.batch_size, spec.dataset.max_samples or data.n_examples,
@@ -200,6 +225,16 @@ def estimate_training_memory(spec: JobCreate, data: DataDescription) -> Training
         weights_bytes=params * COPIES_PER_WEIGHT * FLOAT_BYTES,
         batch_bytes=per_example * batch * FLOAT_BYTES,
     )
+
+
+def _sizes(model: ModelSpec, data: DataDescription, described: ModelDescription | None
+           ) -> list[LayerSize]:
+    """A built-in's layers; of a file or a HyperModel, only its weights are known (a floor:
+    its activations are left out); a build plugin's size is known once a worker builds it."""
+    if isinstance(model, LogisticRegressionSpec | MLPSpec | CNNSpec):
+        return layer_sizes(model, data.feature_shape, data.target.n_outputs)
+    n_params = described.n_params if described is not None else None
+    return [LayerSize(n_params or 0, 0, stored=False)]
 
 
 def format_bytes(count: int) -> str:

@@ -12,6 +12,7 @@ from tuner_service.config import Settings
 
 log = logging.getLogger(__name__)
 RUN_TRIAL_TASK = "tuner.run_trial"
+INSPECT_MODEL_TASK = "tuner.inspect_model"
 # Redis hands an unacknowledged task to another worker after this long: keep it above the
 # hard time limit, or a slow trial would run twice.
 VISIBILITY_MARGIN_S = 600
@@ -80,7 +81,7 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class TaskQueue:
-    """Sends trial tasks by name."""
+    """Sends trial and inspection tasks by name."""
 
     def __init__(self, settings: Settings) -> None:
         self._celery = make_celery(settings)
@@ -90,6 +91,11 @@ class TaskQueue:
     def send_trial(self, job_id: str, slot: int) -> str:
         """Enqueue one trial slot of a job; returns the Celery task id."""
         result = self._celery.send_task(RUN_TRIAL_TASK, args=[job_id, slot])
+        return str(result.id)
+
+    def send_inspection(self, model_id: str) -> str:
+        """Enqueue the inspection of an uploaded model file; returns the Celery task id."""
+        result = self._celery.send_task(INSPECT_MODEL_TASK, args=[model_id])
         return str(result.id)
 
     def broker_ready(self, timeout_s: float = 2.0) -> bool:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tuner_service.adam import HyperValue
+from tuner_service.model_sources.types import ModelDescription
 from tuner_service.schemas import (
     AdamParams,
     BestTrial,
@@ -77,6 +79,8 @@ class RankedTrial(BaseModel):
     value: float
     gap_to_best: float = Field(description="|value - best| / |best|; 0 for the best itself")
     params: AdamParams
+    hyperparameters: dict[str, HyperValue] = Field(
+        default_factory=dict, description="A HyperModel's searched hyperparameters")
     intermediate_values: list[float]
 
 
@@ -103,6 +107,8 @@ class ConfirmedConfig(BaseModel):
     found it."""
 
     params: AdamParams
+    hyperparameters: dict[str, HyperValue] = Field(
+        default_factory=dict, description="A HyperModel's searched hyperparameters")
     mean: float | None = Field(description="Mean over the seeds that completed")
     sd: float | None = Field(description="Sample standard deviation; null below two values")
     values: list[float] = Field(description="Each completed seed's value")
@@ -154,6 +160,9 @@ class ReportPublic(BaseModel):
     dataset: DataDescription | None = Field(
         default=None, description="What the job trained on: for an upload its name, "
         "sha256 and size, as they were at submit")
+    model: ModelDescription | None = Field(
+        default=None, description="What the job trained: a built-in, an uploaded file (its "
+        "name and sha256) or a plugin (its package and version), as it was at submit")
     trial_counts: TrialCounts
     recommended: ConfirmedConfig | None = Field(
         description="The confirmed configuration with the best mean over fresh seeds; null "

@@ -14,6 +14,8 @@ from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
 from tuner_service.confirmation import ConfirmRun
 from tuner_service.datasets.catalog import data_line, stamped_data
 from tuner_service.db.models import JobModel, aware
+from tuner_service.model_sources.resolve import stamped_model
+from tuner_service.model_sources.types import ModelDescription
 from tuner_service.report_schema import (
     BaselineTrial,
     BestFound,
@@ -65,8 +67,9 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
                   if chosen and defaults else None)
     search_improvement = _improvement(best, baseline, minimize)
     recommended = _confirmed_config(chosen) if chosen else None
-    snippet_params = recommended.params if recommended else best.params if best else None
+    snippet_from = recommended or best
     data = stamped_data(spec, job.dataset)
+    model = stamped_model(spec.model, job.model)
     return ReportPublic(
         job_id=job.id,
         name=job.name,
@@ -75,6 +78,7 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
         generated_at=now,
         objective=spec.objective,
         dataset=data,
+        model=model,
         trial_counts=trial_counts(records),
         recommended=recommended,
         confirmed=[_confirmed_config(c) for c in confirmed],
@@ -92,8 +96,8 @@ def build_report(job: JobModel, records: Sequence[TrialRecord],
         top_k=ranked[:top_k],
         spread=_spread(ranked, top_k, confirmed=state == "done"),
         warm_start=[WarmStartSource(job_id=w.job_id, trials=w.trials) for w in warm],
-        keras_snippet=(keras_snippet(AdamConfig(**snippet_params.model_dump()), data)
-                       if snippet_params else None),
+        keras_snippet=(keras_snippet(_snippet_config(snippet_from), data, model)
+                       if snippet_from else None),
         job_spec_yaml=job_spec_yaml(spec),
         message=_message(job, best, baseline),
     )
@@ -116,6 +120,7 @@ def _ranked(rank: int, record: TrialRecord, best_value: float) -> RankedTrial:
         value=record.value,
         gap_to_best=_gap(record.value, best_value),
         params=AdamParams(**record.config.as_dict()),
+        hyperparameters=record.config.model_values,
         intermediate_values=list(record.intermediate_values),
     )
 
@@ -186,7 +191,8 @@ def _confirmation_state(job: JobModel, plan: confirm.ConfirmPlan | None,
 
 def _confirmed_config(candidate: confirm.Confirmed) -> ConfirmedConfig:
     return ConfirmedConfig(
-        params=AdamParams(**candidate.config.as_dict()), mean=candidate.mean, sd=candidate.sd,
+        params=AdamParams(**candidate.config.as_dict()),
+        hyperparameters=candidate.config.model_values, mean=candidate.mean, sd=candidate.sd,
         values=list(candidate.values), seeds=list(candidate.seeds),
         source_trial=candidate.source_trial, is_baseline=candidate.is_baseline,
         search_value=candidate.search_value, runs=candidate.runs, runs_ended=candidate.ended)
@@ -330,10 +336,19 @@ _COMPILE = {
 }
 
 
-def keras_snippet(config: AdamConfig, data: DataDescription) -> str:
+def _snippet_config(chosen: ConfirmedConfig | BestTrial) -> AdamConfig:
+    return AdamConfig.from_stored(
+        {**chosen.params.model_dump(), "hyperparameters": chosen.hyperparameters})
+
+
+def keras_snippet(config: AdamConfig, data: DataDescription,
+                  model: ModelDescription | None = None) -> str:
     """Copy-paste Keras 3 code that builds this optimizer (decay as InverseTimeDecay) and
-    compiles a model with it as the trials did, naming the data set it was tuned on."""
+    compiles a model with it as the trials did, naming the data set it was tuned on and, for
+    a file or a plugin, the model (a HyperModel at the configuration's hyperparameters)."""
     loss, metrics = _COMPILE[data.target.kind]
+    if model is not None and model.outputs == "probabilities":
+        loss = loss.replace("from_logits=True", "from_logits=False")
     lr = repr(config.learning_rate)
     if config.decay > 0:
         lr_line = (
@@ -348,6 +363,7 @@ def keras_snippet(config: AdamConfig, data: DataDescription) -> str:
     return (
         f"# Tuned on {data_line(data)}\n"
         "import keras\n\n"
+        f"{model_lines(model, config) if model is not None else ''}"
         f"{lr_line}"
         "optimizer = keras.optimizers.Adam(\n"
         f"    learning_rate={lr},\n"
@@ -357,3 +373,24 @@ def keras_snippet(config: AdamConfig, data: DataDescription) -> str:
         ")\n"
         f"model.compile(optimizer=optimizer, loss={loss}, metrics={metrics})\n"
     )
+
+
+def model_lines(model: ModelDescription, config: AdamConfig) -> str:
+    """How the snippet gets the tuned model: the uploaded file, or the plugin (a HyperModel
+    built at the configuration's hyperparameters, the others at their defaults)."""
+    if model.source == "file":
+        return (f"# The model file {model.name!r} (sha256 {(model.sha256 or '')[:12]}...)\n"
+                f"model = keras.saving.load_model({(model.name + '.keras')!r})\n\n")
+    if model.source != "plugin":
+        return ""
+    origin = f" ({model.package} {model.version})" if model.package else ""
+    if model.kind != "hypermodel":
+        return f"# The plugin model {model.name!r}{origin}, built as the workers build it\n\n"
+    values = {hp.name: hp.default for hp in model.hyperparameters if hp.kind != "fixed"}
+    values.update(config.model_values)
+    fixed = "".join(f"hp.Fixed({name!r}, {value!r})\n" for name, value in values.items())
+    return (f"# The HyperModel {model.name!r}{origin} at the tuned hyperparameters\n"
+            "import keras_tuner\n\n"
+            "hp = keras_tuner.HyperParameters()\n"
+            f"{fixed}"
+            "model = hypermodel.build(hp)  # hypermodel: your HyperModel instance\n\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from tuner_service.adam import HyperValue
+from tuner_service.model_sources.types import PluginDescription
 from tuner_service.search_space import SearchSpace
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -42,13 +44,27 @@ def _printable(text: str) -> str:
 JobName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
 
 
-class LogisticRegressionSpec(_Strict):
+class _Architecture(_Strict):
+    builtin: str
+
+    @property
+    def label(self) -> str:
+        """How job names and messages call this model."""
+        return self.builtin
+
+    @property
+    def match(self) -> tuple[str, str]:
+        """The spec's key and value that name this model (warm start finds jobs by it)."""
+        return ("builtin", self.builtin)
+
+
+class LogisticRegressionSpec(_Architecture):
     """Multinomial logistic regression (the Adam paper's first experiment)."""
 
     builtin: Literal["logistic_regression"]
 
 
-class MLPSpec(_Strict):
+class MLPSpec(_Architecture):
     """Fully connected ReLU network with dropout (the paper used 2 x 1000 units)."""
 
     builtin: Literal["mlp"]
@@ -58,7 +74,7 @@ class MLPSpec(_Strict):
     dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
 
 
-class CNNSpec(_Strict):
+class CNNSpec(_Architecture):
     """Convolutions, max-pooling and a dense layer (the paper's c64-c64-c128-1000)."""
 
     builtin: Literal["cnn"]
@@ -71,8 +87,75 @@ class CNNSpec(_Strict):
     dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
 
 
+Architecture = LogisticRegressionSpec | MLPSpec | CNNSpec
+BuiltinModelSpec = Annotated[Architecture, Field(discriminator="builtin")]
+ModelId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+PluginName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
+OptionValue = int | float | str | bool | list[int | float | str | bool] | None
+
+
+class UploadedModelSpec(_Strict):
+    """A Keras file uploaded with ``POST /v1/models`` by the job's tenant (inspected, ready)."""
+
+    id: ModelId
+    weights: Literal["reinit", "file"] = Field(
+        default="reinit",
+        description="`reinit`: fresh weights drawn with the job seed, the same for every "
+        "trial; `file`: start every trial from the file's weights (fine-tuning).")
+
+    @property
+    def label(self) -> str:
+        """How job names and messages call this model."""
+        return f"model-{self.id[:8]}"
+
+    @property
+    def match(self) -> tuple[str, str]:
+        """The spec's key and value that name this model (warm start finds jobs by it)."""
+        return ("id", self.id)
+
+
+class PluginModelSpec(_Strict):
+    """A model an operator installed on the workers (entry point group
+    ``tuner_service.models``): a build function or a KerasTuner HyperModel."""
+
+    plugin: PluginName
+    options: dict[Annotated[str, Field(max_length=100)], OptionValue] = Field(
+        default_factory=dict, max_length=50,
+        description="Keyword arguments of a build(input_shape, n_outputs, **options) plugin")
+    search_hyperparameters: bool = Field(
+        default=False,
+        description="A HyperModel's own hyperparameters: searched together with Adam's "
+        "numbers (true), or fixed at their defaults (false)")
+
+    @property
+    def label(self) -> str:
+        """How job names and messages call this model."""
+        return self.plugin
+
+    @property
+    def match(self) -> tuple[str, str]:
+        """The spec's key and value that name this model (warm start finds jobs by it)."""
+        return ("plugin", self.plugin)
+
+
+def _model_kind(value: object) -> str:
+    # Tags unlike any field's name: an error's location drops them (api/errors.py), and must
+    # not drop the field ``plugin`` of model.plugin with them.
+    if isinstance(value, dict):
+        return ("uploaded_file" if "id" in value else
+                "plugin_model" if "plugin" in value else "architecture")
+    if isinstance(value, UploadedModelSpec | PluginModelSpec):
+        return "uploaded_file" if isinstance(value, UploadedModelSpec) else "plugin_model"
+    return "architecture"
+
+
+# Where the model comes from: a built-in architecture, an uploaded Keras file or a plugin. A
+# new source is one more class here and one more ``ModelSource`` in workers/models.py.
 ModelSpec = Annotated[
-    LogisticRegressionSpec | MLPSpec | CNNSpec, Field(discriminator="builtin")
+    Annotated[BuiltinModelSpec, Tag("architecture")]
+    | Annotated[UploadedModelSpec, Tag("uploaded_file")]
+    | Annotated[PluginModelSpec, Tag("plugin_model")],
+    Discriminator(_model_kind),
 ]
 
 
@@ -285,6 +368,8 @@ class BestTrial(BaseModel):
     trial_number: int
     value: float
     params: AdamParams
+    hyperparameters: dict[str, HyperValue] = Field(
+        default_factory=dict, description="A HyperModel's searched hyperparameters")
 
 
 class ConfirmationProgress(BaseModel):
@@ -330,6 +415,8 @@ class TrialPublic(BaseModel):
     number: int
     state: TrialState
     params: AdamParams | None
+    hyperparameters: dict[str, HyperValue] = Field(
+        default_factory=dict, description="A HyperModel's searched hyperparameters")
     value: float | None
     intermediate_values: list[float]
     started_at: datetime | None
@@ -386,6 +473,50 @@ class DatasetsPublic(BaseModel):
 
     items: list[DatasetPublic]
     total: int
+
+
+class ModelFilePublic(BaseModel):
+    """An uploaded Keras model file and what a worker's inspection found."""
+
+    id: str
+    name: str
+    tenant: str
+    sha256: str = Field(description="SHA-256 of the uploaded file")
+    size_bytes: int
+    status: Literal["validating", "ready", "rejected"] = Field(
+        description="validating: a worker is checking it; ready: jobs may name it; "
+        "rejected: see reason")
+    reason: str | None = Field(description="Why it was rejected")
+    input_shape: list[int | None] | None = Field(description="Without the batch axis")
+    output_shape: list[int | None] | None
+    n_params: int | None
+    keras_version: str | None
+    outputs: Literal["logits", "probabilities"] | None
+    created_at: datetime
+    inspected_at: datetime | None
+
+
+class PluginPublic(PluginDescription):
+    """A plugin model as the live workers offer it."""
+
+    workers: int = Field(description="Live workers that can build it")
+
+
+class BuiltinModelPublic(BaseModel):
+    """A built-in architecture and its options' defaults."""
+
+    builtin: str
+    description: str
+    options: dict[str, Any]
+
+
+class ModelsPublic(BaseModel):
+    """The models a job may name: built-ins, plugins of live workers, the tenant's files."""
+
+    builtins: list[BuiltinModelPublic]
+    plugins: list[PluginPublic]
+    files: list[ModelFilePublic] = Field(description="A page of them, newest first")
+    total_files: int
 
 
 class FieldError(BaseModel):

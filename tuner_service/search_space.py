@@ -13,13 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
-from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig
+from tuner_service.adam import PAPER_DEFAULTS, PARAM_NAMES, AdamConfig, HyperValue
+from tuner_service.model_sources.types import HyperParameter
 
 DECAY_SWITCH = "decay_enabled"
+# A HyperModel's own hyperparameter "units" is the Optuna param "hp:units" (no Adam number
+# has a colon in its name).
+HYPER_PREFIX = "hp:"
 
 
 class ParamRange(BaseModel):
@@ -126,7 +135,7 @@ def _one_minus(name: str) -> str:
 def suggest_config(trial: optuna.Trial, space: SearchSpace) -> AdamConfig:
     """Sample every searched number of ``space`` through ``trial``; fixed ones pass through."""
     values = {name: _suggest(trial, name, space.param(name)) for name in PARAM_NAMES}
-    return AdamConfig(**values)
+    return AdamConfig.from_stored(values)
 
 
 def _suggest(trial: optuna.Trial, name: str, param: float | ParamRange) -> float:
@@ -181,6 +190,61 @@ def to_optuna_params(values: Mapping[str, float], space: SearchSpace) -> dict[st
     return params
 
 
+def hyper_distributions(hyperparameters: Sequence[HyperParameter]
+                        ) -> dict[str, BaseDistribution]:
+    """The Optuna params and distributions that sample a HyperModel's hyperparameters (a
+    ``reverse_log`` one is sampled linearly; ``fixed`` ones are not sampled)."""
+    return {HYPER_PREFIX + hp.name: dist for hp in hyperparameters
+            if (dist := _hyper_distribution(hp)) is not None}
+
+
+def _hyper_distribution(hp: HyperParameter) -> BaseDistribution | None:
+    log = hp.sampling == "log"
+    if hp.kind == "int" and hp.min_value is not None and hp.max_value is not None:
+        int_step = 1 if log or not hp.step else int(hp.step)
+        return IntDistribution(int(hp.min_value), int(hp.max_value), log=log, step=int_step)
+    if hp.kind == "float" and hp.min_value is not None and hp.max_value is not None:
+        float_step = None if log or not hp.step else float(hp.step)
+        return FloatDistribution(hp.min_value, hp.max_value, log=log, step=float_step)
+    if hp.kind == "choice" and hp.values:
+        return CategoricalDistribution(list(hp.values))
+    if hp.kind == "boolean":
+        return CategoricalDistribution([False, True])
+    return None
+
+
+def suggest_model_values(trial: optuna.Trial, hyperparameters: Sequence[HyperParameter]
+                         ) -> dict[str, HyperValue]:
+    """Sample a HyperModel's searched hyperparameters through ``trial``."""
+    values: dict[str, HyperValue] = {}
+    for name, dist in hyper_distributions(hyperparameters).items():
+        value: HyperValue
+        if isinstance(dist, IntDistribution):
+            value = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        elif isinstance(dist, FloatDistribution):
+            value = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            assert isinstance(dist, CategoricalDistribution)
+            chosen = trial.suggest_categorical(name, dist.choices)
+            assert chosen is not None  # HyperParameter values are never None
+            value = chosen
+        values[name.removeprefix(HYPER_PREFIX)] = value
+    return values
+
+
+def hyper_defaults(hyperparameters: Sequence[HyperParameter]) -> dict[str, Any]:
+    """The Optuna params of the hyperparameters' defaults (the baseline trial uses them)."""
+    return {name: next(hp.default for hp in hyperparameters
+                       if HYPER_PREFIX + hp.name == name)
+            for name in hyper_distributions(hyperparameters)}
+
+
+def model_values_from_params(params: Mapping[str, Any]) -> dict[str, HyperValue]:
+    """A trial's HyperModel hyperparameter values, from its Optuna params."""
+    return {name.removeprefix(HYPER_PREFIX): value for name, value in params.items()
+            if name.startswith(HYPER_PREFIX)}
+
+
 def config_from_params(params: dict[str, Any], space: SearchSpace) -> AdamConfig:
     """Rebuild the AdamConfig of a stored trial from its Optuna parameters."""
     values: dict[str, float] = {}
@@ -194,7 +258,7 @@ def config_from_params(params: dict[str, Any], space: SearchSpace) -> AdamConfig
             values[name] = 1.0 - float(params[_one_minus(name)])
         else:
             values[name] = float(params[name])
-    return AdamConfig(**values)
+    return AdamConfig.from_stored(values).with_model_values(model_values_from_params(params))
 
 
 def baseline_params(space: SearchSpace) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from tuner_service.adam import AdamConfig
+from tuner_service.model_sources.types import HyperParameter
 from tuner_service.schemas import JobCreate
 from tuner_service.search_space import (
     SearchSpace,
@@ -30,7 +31,9 @@ from tuner_service.search_space import (
     baseline_params,
     config_from_params,
     fitted_params,
+    hyper_defaults,
     suggest_config,
+    suggest_model_values,
     to_optuna_params,
 )
 from tuner_service.staging import open_names, planned_search_trials
@@ -198,15 +201,18 @@ class StudyStore:
         self._readers.clear()
 
     def create(self, study_name: str, spec: JobCreate, warm: Sequence[WarmTrial] = (),
-               first: Sequence[AdamConfig] = ()) -> None:
+               first: Sequence[AdamConfig] = (),
+               hyperparameters: Sequence[HyperParameter] = ()) -> None:
         """Create the job's study with the earlier trials it learns from (``warm``, each inside
-        the job's space), then enqueue the paper defaults, ``first`` and the user's configs."""
+        the job's space), then enqueue the paper defaults, ``first`` and the user's configs.
+        ``hyperparameters``: a HyperModel's searched ones (the paper defaults' trial keeps
+        their defaults)."""
         study = optuna.create_study(
             storage=self.storage, study_name=study_name, direction=spec.objective.direction
         )
         try:
             self._copy(study_name, spec.search_space, warm)
-            _enqueue(study, spec, first)
+            _enqueue(study, spec, first, hyperparameters)
         except BaseException:
             # Half a study would warm-start nothing and run the wrong trials: none at all.
             with contextlib.suppress(Exception):
@@ -231,9 +237,10 @@ class StudyStore:
             self._readers.pop(study_name, None)
         optuna.delete_study(study_name=study_name, storage=self.storage)
 
-    def ask(self, study_name: str, spec: JobCreate, seed_offset: int, worker: str
-            ) -> AskedTrial:
-        """Hand out the next trial, sample its Adam numbers, and note who runs it."""
+    def ask(self, study_name: str, spec: JobCreate, seed_offset: int, worker: str,
+            hyperparameters: Sequence[HyperParameter] = ()) -> AskedTrial:
+        """Hand out the next trial, sample its Adam numbers (and a HyperModel's searched
+        ``hyperparameters``), and note who runs it."""
         study = self._study(study_name, spec, seed_offset)
         with self._ask_lock():
             try:
@@ -243,6 +250,8 @@ class StudyStore:
                 # and taking it; asking again samples a new one, pruned at its first epoch.
                 trial = study.ask()
             config = suggest_config(trial, spec.search_space)
+            if hyperparameters:
+                config = config.with_model_values(suggest_model_values(trial, hyperparameters))
         trial.set_user_attr(WORKER_ATTR, worker)
         self._running[(study_name, trial.number)] = trial
         return AskedTrial(number=trial.number, config=config)
@@ -379,12 +388,14 @@ def _stage(study: optuna.Study, spec: JobCreate) -> None:
         lambda number: open_names(max(0, number - copied), planned))
 
 
-def _enqueue(study: optuna.Study, spec: JobCreate, first: Sequence[AdamConfig]) -> None:
+def _enqueue(study: optuna.Study, spec: JobCreate, first: Sequence[AdamConfig],
+             hyperparameters: Sequence[HyperParameter]) -> None:
     """The trials to run first: the paper defaults, ``first``, then the user's."""
     space = spec.search_space
     baseline = baseline_params(space)
     if baseline is not None:
-        study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: True})
+        study.enqueue_trial({**baseline, **hyper_defaults(hyperparameters)},
+                            user_attrs={BASELINE_ATTR: True})
     for config in first:
         study.enqueue_trial(fitted_params(config.as_dict(), space)[0])
     for partial in spec.enqueue:

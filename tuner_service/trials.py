@@ -33,6 +33,8 @@ from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.dispatch import dispatch
+from tuner_service.model_sources.resolve import stamped_model
+from tuner_service.model_sources.types import ModelDescription
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, DataDescription, JobCreate
 from tuner_service.studies import SearchStopped, TrialRecord
@@ -68,6 +70,7 @@ class TrialTicket:
     config: AdamConfig
     spec: JobCreate
     data: DataDescription
+    model: ModelDescription
     init_seed: int | None = None
 
     @property
@@ -101,6 +104,7 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
             return None
         spec = JobCreate.model_validate(job.spec)
         data = stamped_data(spec, job.dataset)
+        model = stamped_model(spec.model, job.model)
         study_name, status = job.study_name, job.status
         kind = repo.slot_kind(session, job_id, slot)
     if status in TERMINAL_JOB_STATUSES:
@@ -111,7 +115,7 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         return None
     claim, lost_number = claimed
     if kind == repo.CONFIRM:
-        return _start_confirm_run(rt, claim, study_name, spec, data)
+        return _start_confirm_run(rt, claim, study_name, spec, data, model)
     if lost_number is not None and not _recover_lost_trial(rt, claim, study_name, lost_number):
         return None
     if _trial_epochs_spent(rt, study_name, spec):
@@ -119,7 +123,8 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         return None
     try:
         asked = rt.studies.ask(study_name, spec, seed_offset=slot,
-                               worker=worker or f"{socket.gethostname()}:{os.getpid()}")
+                               worker=worker or f"{socket.gethostname()}:{os.getpid()}",
+                               hyperparameters=model.searched_hyperparameters)
     except SearchStopped as stop:
         fail_job(rt, job_id, str(stop))
         _end_slot(rt, claim, "failed", str(stop))
@@ -128,18 +133,19 @@ def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
         rt.studies.tell(study_name, asked.number, "fail", None,
                         reason="superseded by another delivery")
         return None
-    return TrialTicket(claim, study_name, asked.number, asked.config, spec, data)
+    return TrialTicket(claim, study_name, asked.number, asked.config, spec, data, model)
 
 
 def _start_confirm_run(rt: Runtime, claim: Claim, study_name: str, spec: JobCreate,
-                       data: DataDescription) -> TrialTicket | None:
+                       data: DataDescription, model: ModelDescription) -> TrialTicket | None:
     with session_scope(rt.sessions) as session:
         run = repo.confirm_run(session, claim.job_id, claim.slot)
         if run is None or not _update_slot(session, _owned_by(claim), heartbeat_at=utcnow()):
             return None
         repo.update_confirm_run(session, claim.job_id, claim.slot, state="running",
                                 started_at=utcnow(), history=[], value=None, error=None)
-    return TrialTicket(claim, study_name, None, run.config, spec, data, init_seed=run.seed)
+    return TrialTicket(claim, study_name, None, run.config, spec, data, model,
+                       init_seed=run.seed)
 
 
 def _trial_epochs_spent(rt: Runtime, study_name: str, spec: JobCreate) -> bool:

@@ -14,14 +14,18 @@ from tuner_service.model_size import (
     format_bytes,
     shape_problem,
 )
+from tuner_service.model_sources.catalog import builtin_description
+from tuner_service.model_sources.types import ModelDescription
 from tuner_service.schemas import DataDescription, JobCreate
 
 Problem = tuple[tuple[str | int, ...], str]
 
 
-def spec_problems(spec: JobCreate, data: DataDescription, settings: Settings) -> list[Problem]:
-    """Every problem of ``spec`` on ``data`` as (field location, message); empty when it is
-    acceptable."""
+def spec_problems(spec: JobCreate, data: DataDescription, settings: Settings,
+                  model: ModelDescription | None = None) -> list[Problem]:
+    """Every problem of ``spec`` on ``data`` (with ``model``, what its model spec names; a
+    built-in by default) as (field location, message); empty when it is acceptable."""
+    model = model or builtin_description(spec.model.label)
     problems: list[Problem] = []
     caps = (("n_trials", settings.max_trials), ("epochs", settings.max_epochs),
             ("batch_size", settings.max_batch_size))
@@ -38,26 +42,26 @@ def spec_problems(spec: JobCreate, data: DataDescription, settings: Settings) ->
             if value is not None and not spec.search_space.contains_value(name, value):
                 problems.append((("enqueue", index, name),
                                  f"{value} lies outside the search space of {name}"))
-    return problems + plan_problems(spec) + _data_problems(spec, data, settings)
+    return problems + plan_problems(spec) + _data_problems(spec, data, model, settings)
 
 
-def _data_problems(spec: JobCreate, data: DataDescription, settings: Settings
-                   ) -> list[Problem]:
+def _data_problems(spec: JobCreate, data: DataDescription, model: ModelDescription,
+                   settings: Settings) -> list[Problem]:
     """The model, its size and the objective against the data set."""
     metric = metric_problem(spec.objective.metric, data)
     if metric is not None:
         return [(("objective", "metric"), metric)]
-    shape = shape_problem(spec.model, data)
+    shape = shape_problem(spec.model, model, data)
     if shape is not None:
         return [(("model",), shape)]
-    return _size_problems(spec, data, settings)
+    return _size_problems(spec, data, model, settings)
 
 
-def _size_problems(spec: JobCreate, data: DataDescription, settings: Settings
-                   ) -> list[Problem]:
+def _size_problems(spec: JobCreate, data: DataDescription, model: ModelDescription,
+                   settings: Settings) -> list[Problem]:
     # Refused here rather than found out by a worker child that swaps, is killed by the kernel
     # or, worse, survives holding gigabytes for the trials after it.
-    memory = estimate_training_memory(spec, data)
+    memory = estimate_training_memory(spec, data, model)
     problems: list[Problem] = []
     if memory.params > settings.max_model_params:
         problems.append((("model",), f"{memory.params:,} parameters exceed the limit of "

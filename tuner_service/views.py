@@ -41,7 +41,8 @@ def best_trial(records: Sequence[TrialRecord], minimize: bool) -> BestTrial | No
 def _best(number: int, value: float, config: AdamConfig | None) -> BestTrial | None:
     if config is None:
         return None
-    return BestTrial(trial_number=number, value=value, params=AdamParams(**config.as_dict()))
+    return BestTrial(trial_number=number, value=value, params=AdamParams(**config.as_dict()),
+                     hyperparameters=config.model_values)
 
 
 def job_public(overview: JobOverview) -> JobPublic:
@@ -84,6 +85,7 @@ def trial_public(record: TrialRecord) -> TrialPublic:
         number=record.number,
         state=record.state,
         params=params,
+        hyperparameters=record.config.model_values if record.config else {},
         value=record.value,
         intermediate_values=list(record.intermediate_values),
         started_at=record.started_at,

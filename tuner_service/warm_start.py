@@ -20,7 +20,7 @@ from tuner_service.adam import PAPER_DEFAULTS, AdamConfig
 from tuner_service.db import repository as repo
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
-from tuner_service.schemas import JobCreate
+from tuner_service.schemas import JobCreate, PluginModelSpec
 from tuner_service.studies import WarmTrial
 from tuner_service.validation import Problem, SpecRefused
 
@@ -69,6 +69,13 @@ def warm_plan(rt: Runtime, spec: JobCreate, *, owner: str, scope: str | None) ->
     else; it writes nothing."""
     if spec.warm_start == "off":
         return WarmPlan()
+    if isinstance(spec.model, PluginModelSpec) and spec.model.search_hyperparameters:
+        # Earlier trials hold Adam's numbers only; a study that also samples the model's
+        # hyperparameters would learn from half a configuration.
+        if spec.warm_start == "auto":
+            return WarmPlan()
+        raise SpecRefused([(("warm_start",), "a job that searches its model's hyperparameters "
+                            "cannot warm-start from other jobs; use warm_start: off")])
     with session_scope(rt.sessions) as session:
         if spec.warm_start == "auto":
             sources = _recent_sources(rt, session, spec, owner)
@@ -123,7 +130,7 @@ def _first(spec: JobCreate, trials: Sequence[WarmTrial]) -> list[AdamConfig]:
 def _recent_sources(rt: Runtime, session: Session, spec: JobCreate, owner: str
                     ) -> list[_Source]:
     """The owner's newest jobs on the same task, newest first."""
-    rows = repo.recent_specs_on(session, model=spec.model.builtin,
+    rows = repo.recent_specs_on(session, model=spec.model.match,
                                 dataset=spec.dataset.match, epochs=spec.budget.epochs,
                                 limit=MAX_CANDIDATES, tenant=owner)
     sources = [_source(rt, row) for row in rows]

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from tuner_service.config import Settings
 from tuner_service.queue import make_celery
@@ -28,10 +28,26 @@ def create_celery(settings: Settings | None = None) -> Celery:
 app = create_celery()
 
 
+_registration: list[Any] = []
+
+
 @worker_process_init.connect
 def _warm_child(**_kwargs: Any) -> None:
-    # Pay TensorFlow's import once per child, before the first task arrives.
-    from workers import training
+    # Pay TensorFlow's import once per child, before the first task arrives; find the plugin
+    # models this child can build (a HyperModel is built once to learn its hyperparameters)
+    # before it trains anything, then join the registry.
+    from workers import plugins, registry, tasks, training
 
     gpus = training.configure_devices()
-    log.info("worker child ready; GPUs: %s", gpus or "none (CPU)")
+    found = plugins.discover()
+    registration = registry.Registration(tasks.runtime(), found)
+    registration.start()
+    _registration.append(registration)
+    log.info("worker child ready; GPUs: %s; plugins: %s", gpus or "none (CPU)",
+             ", ".join(p.name for p in found if p.error is None) or "none")
+
+
+@worker_process_shutdown.connect
+def _leave_registry(**_kwargs: Any) -> None:
+    for registration in _registration:
+        registration.stop()

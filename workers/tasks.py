@@ -15,7 +15,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from tuner_service import trials
 from tuner_service.config import Settings
 from tuner_service.datasets.store import BlobMissing
-from tuner_service.queue import RUN_TRIAL_TASK
+from tuner_service.model_sources import files as model_files
+from tuner_service.model_sources.types import ModelDescription
+from tuner_service.queue import INSPECT_MODEL_TASK, RUN_TRIAL_TASK
 from tuner_service.runtime import Runtime, build_runtime
 from tuner_service.schemas import DataDescription
 from tuner_service.studies import STORAGE_ERRORS
@@ -41,17 +43,58 @@ def dataset_cache() -> DatasetCache:
                         runtime().blobs)
 
 
+@functools.cache
+def model_cache() -> DatasetCache:
+    """This host's cache of uploaded model files, filled from the same store."""
+    settings = runtime().settings
+    return DatasetCache(settings.model_cache_folder, int(settings.dataset_cache_bytes),
+                        runtime().blobs)
+
+
 def data_file(data: DataDescription) -> Path | None:
     """An uploaded data set's file on this host (fetched once); None for built-ins."""
-    if data.sha256 is None:
+    return _cached(dataset_cache(), data.sha256, f"data set {data.name!r}")
+
+
+def model_file(model: ModelDescription) -> Path | None:
+    """An uploaded model file on this host (fetched once); None for other models."""
+    return _cached(model_cache(), model.sha256, f"model {model.name!r}")
+
+
+def _cached(cache: DatasetCache, sha256: str | None, what: str) -> Path | None:
+    if sha256 is None:
         return None
     try:
-        return dataset_cache().path_for(data.sha256)
+        return cache.path_for(sha256)
     except (BlobMissing, CorruptDataset) as error:
         from workers.training import SetupError
 
-        raise SetupError(f"cannot read data set {data.name!r} ({data.sha256[:12]}): "
-                         f"{error}") from error
+        raise SetupError(f"cannot read {what} ({sha256[:12]}): {error}") from error
+
+
+@app.task(name=INSPECT_MODEL_TASK, autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=2,
+          retry_backoff_max=60, retry_jitter=True, max_retries=8)
+def inspect_model(model_id: str) -> None:
+    """Inspect an uploaded model file in a child process of its own, with a time limit, and
+    record ready (with its shapes) or rejected (with the reason). Safe to deliver twice."""
+    from workers.model_files import ModelRejected, inspect_in_child
+
+    rt = runtime()
+    sha256 = model_files.pending_inspection(rt, model_id)
+    if sha256 is None:
+        return
+    settings = rt.settings
+    try:
+        path = model_cache().path_for(sha256)
+        found = inspect_in_child(path, max_params=settings.max_model_params,
+                                 timeout_s=settings.model_inspect_time_limit_s,
+                                 max_inflated_bytes=int(settings.max_inflated_bytes))
+    except (BlobMissing, CorruptDataset) as error:
+        model_files.record_inspection(rt, model_id, None, f"its stored bytes are lost: {error}")
+    except ModelRejected as rejected:
+        model_files.record_inspection(rt, model_id, None, str(rejected))
+    else:
+        model_files.record_inspection(rt, model_id, found)
 
 
 @app.task(name=RUN_TRIAL_TASK, bind=True, autoretry_for=INFRASTRUCTURE_ERRORS,
@@ -77,7 +120,9 @@ def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome
     try:
         with trials.keep_alive(rt, ticket):
             spec = TrainSpec.from_job(ticket.spec, ticket.data, init_seed=ticket.init_seed,
-                                      data_file=data_file(ticket.data))
+                                      data_file=data_file(ticket.data),
+                                      model_file=model_file(ticket.model),
+                                      max_params=rt.settings.max_model_params)
             result = train(spec, [ticket.config], [on_epoch])[0]
     except INFRASTRUCTURE_ERRORS:
         raise

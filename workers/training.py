@@ -18,7 +18,7 @@ import tensorflow as tf
 from tuner_service.adam import AdamConfig
 from tuner_service.schemas import DataDescription, JobCreate, ModelSpec, TargetKind
 from workers.data import Dataset, SplitSpec, load_dataset, source_for
-from workers.models import build_model
+from workers.models import model_source, outputs_probabilities
 
 # Called after each epoch with (epoch starting at 1, objective value); returns why training
 # must stop now ("pruned", "cancelled"), or None to go on.
@@ -46,14 +46,21 @@ class TrainSpec:
     init_seed: int | None = None
     # An uploaded data set's file on local disk (the worker's cache); None for built-ins.
     data_file: Path | None = None
+    # The same for an uploaded model file.
+    model_file: Path | None = None
+    # A model built here (a plugin's) with more parameters than this is refused.
+    max_params: int | None = None
 
     @classmethod
     def from_job(cls, spec: JobCreate, data: DataDescription, *,
-                 init_seed: int | None = None, data_file: Path | None = None) -> TrainSpec:
+                 init_seed: int | None = None, data_file: Path | None = None,
+                 model_file: Path | None = None, max_params: int | None = None
+                 ) -> TrainSpec:
         """The training part of a job spec, on its data set."""
         return cls(model=spec.model, dataset=spec.dataset, data=data, epochs=spec.budget.epochs,
                    batch_size=spec.budget.batch_size, metric=spec.objective.metric,
-                   seed=spec.seed, init_seed=init_seed, data_file=data_file)
+                   seed=spec.seed, init_seed=init_seed, data_file=data_file,
+                   model_file=model_file, max_params=max_params)
 
 
 @dataclass(frozen=True)
@@ -82,17 +89,19 @@ def make_optimizer(config: AdamConfig) -> keras.optimizers.Adam:
 
 def compile_for(model: keras.Model, target: TargetKind, optimizer: keras.optimizers.Optimizer
                 ) -> None:
-    """Loss and metrics follow the target alone: sparse cross-entropy on logits and accuracy
-    for classes (val_accuracy), mean squared error and mean absolute error for values
-    (val_mean_absolute_error)."""
+    """Loss and metrics follow the target alone: sparse cross-entropy and accuracy for
+    classes (val_accuracy; on logits, or on probabilities when the model's last layer applies
+    softmax), mean squared error and mean absolute error for values
+    (val_mean_absolute_error). Whatever the model was compiled with before is replaced."""
     loss, metrics = _LOSS_AND_METRICS[target]
-    model.compile(optimizer=optimizer, loss=loss(), metrics=list(metrics))
+    model.compile(optimizer=optimizer, loss=loss(not outputs_probabilities(model)),
+                  metrics=list(metrics))
 
 
-_LOSS_AND_METRICS: dict[str, tuple[Callable[[], keras.losses.Loss], tuple[str, ...]]] = {
-    "classes": (lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+_LOSS_AND_METRICS: dict[str, tuple[Callable[[bool], keras.losses.Loss], tuple[str, ...]]] = {
+    "classes": (lambda logits: keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
                 ("accuracy",)),
-    "values": (keras.losses.MeanSquaredError, ("mean_absolute_error",)),
+    "values": (lambda _logits: keras.losses.MeanSquaredError(), ("mean_absolute_error",)),
 }
 
 
@@ -103,7 +112,7 @@ def train(spec: TrainSpec, configs: Sequence[AdamConfig], hooks: Sequence[EpochH
 
 
 def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainResult:
-    data, model = _set_up(spec)
+    data, model = _set_up(spec, config)
     compile_for(model, spec.data.target.kind, make_optimizer(config))
     watcher = _EpochWatcher(spec.metric, hook)
     try:
@@ -117,19 +126,24 @@ def _train_one(spec: TrainSpec, config: AdamConfig, hook: EpochHook) -> TrainRes
     return watcher.result()
 
 
-def _set_up(spec: TrainSpec) -> tuple[Dataset, keras.Model]:
+def _set_up(spec: TrainSpec, config: AdamConfig) -> tuple[Dataset, keras.Model]:
     try:
         data = load_dataset(source_for(spec.data, spec.data_file), spec.dataset, spec.seed)
         keras.backend.clear_session()
         # The same seed for every trial: each starts from the same weights and batch order,
-        # so trials differ only in their Adam numbers.
+        # so trials differ only in their Adam numbers (and a HyperModel's searched values).
         keras.utils.set_random_seed(spec.seed if spec.init_seed is None else spec.init_seed)
-        return data, build_model(spec.model, data.input_shape, spec.data.target.n_outputs)
+        source = model_source(spec.model, spec.model_file, config.model_values)
+        model = source.build(data.input_shape, spec.data.target.n_outputs)
     except OSError:
         raise  # a download or disk problem may pass: not a reason to stop the search
     except Exception as error:
-        raise SetupError(f"cannot set up {spec.model.builtin} on {spec.data.name}: "
+        raise SetupError(f"cannot set up {spec.model.label} on {spec.data.name}: "
                          f"{type(error).__name__}: {error}") from error
+    if spec.max_params is not None and model.count_params() > spec.max_params:
+        raise SetupError(f"{spec.model.label} has {model.count_params():,} parameters, over "
+                         f"the limit of {spec.max_params:,} (TUNER_MAX_MODEL_PARAMS)")
+    return data, model
 
 
 class _EpochWatcher(keras.callbacks.Callback):

@@ -18,7 +18,7 @@ from tests.api.test_jobs_validation import GOOD
 from tests.conftest import bearer, new_token
 from tuner_service import auth
 from tuner_service.api import docs
-from tuner_service.api.routes import datasets, health, jobs, pages, signin
+from tuner_service.api.routes import datasets, health, jobs, models, pages, signin
 from tuner_service.app import create_app
 from tuner_service.config import Settings
 from tuner_service.db.session import make_engine, make_session_factory
@@ -39,8 +39,8 @@ def anonymous(settings: Settings) -> Iterator[TestClient]:
 def _guarded_routes(_client: TestClient) -> list[tuple[str, str]]:
     """(method, path) of every route of every router the app includes, but the open ones."""
     routes = []
-    for router in (health.router, jobs.router, datasets.router, pages.router, signin.router,
-                   docs.router):
+    for router in (health.router, jobs.router, datasets.router, models.router, pages.router,
+                   signin.router, docs.router):
         for route in router.routes:
             if isinstance(route, APIRoute) and route.path not in OPEN:
                 routes += [(method, route.path) for method in sorted(route.methods or ())]
@@ -49,6 +49,7 @@ def _guarded_routes(_client: TestClient) -> list[tuple[str, str]]:
 
 def _call(client: TestClient, method: str, path: str, job_id: str, **kwargs: Any) -> Any:
     url = (path.replace("{job_id}", job_id).replace("{dataset_id}", job_id)
+           .replace("{model_id}", job_id)
            .replace("{name}", "pages.js"))
     body = {"json": GOOD} if method == "POST" and path == "/v1/jobs" else {}
     return client.request(method, url, **body, **kwargs)

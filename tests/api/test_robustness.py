@@ -58,7 +58,8 @@ def test_a_job_with_every_number_fixed_scores_exactly_that_configuration(
     _every_page_answers(client, job_id)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded"
-    assert job["best"] == {"trial_number": 0, "value": 0.25, "params": CHOSEN}
+    assert job["best"] == {"trial_number": 0, "value": 0.25, "params": CHOSEN,
+                           "hyperparameters": {}}
     assert job["trial_counts"]["complete"] == 1 and job["trial_counts"]["waiting"] == 0
     listed = client.get("/v1/jobs").json()["items"][0]
     assert listed["best"] == job["best"]

@@ -74,10 +74,10 @@ def test_a_job_stored_while_its_data_set_is_deleted_is_refused(runtime: Runtime,
             except SpecRefused as error:
                 refused.append(error)
 
-    from tuner_service.db import dataset_store
+    from tuner_service.db.owned_rows import DATASETS
 
     with runtime.sessions() as deleting:
-        row = dataset_store.lock(deleting, data.id or "", tenant="local", exclusive=True)
+        row = DATASETS.lock(deleting, data.id or "", tenant="local", exclusive=True)
         assert row is not None
         submitter = threading.Thread(target=submit)
         submitter.start()

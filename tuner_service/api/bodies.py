@@ -39,7 +39,7 @@ def declared_length(headers: Headers) -> int | None:
 
 
 # Uploads stream to disk under their own cap (``api/uploads.py``): never buffered here.
-STREAMED_PATHS = frozenset({"/v1/datasets"})
+STREAMED_PATHS = frozenset({"/v1/datasets", "/v1/models"})
 
 
 class BodyLimit:

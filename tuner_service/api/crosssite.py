@@ -24,7 +24,7 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # attacker, or out).
 FORM_PATHS = frozenset({"/signin", "/signout"})
 # File uploads: multipart/form-data, and still a bearer token (a cookie never writes).
-UPLOAD_PATHS = frozenset({"/v1/datasets"})
+UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/models"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

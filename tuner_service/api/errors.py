@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuner_service.datasets.service import DatasetInUse
 from tuner_service.db.repository import NotFound
 from tuner_service.jobs import JobConflict
+from tuner_service.model_sources.files import ModelInUse
 from tuner_service.studies import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Union members' tags that pydantic puts in an error's location after the field: the user
 # wrote dataset.validation_split, not dataset.builtin.validation_split.
-_UNION_TAGS = {"dataset": ("builtin", "upload")}
+_UNION_TAGS = {"dataset": ("builtin", "upload"),
+               "model": ("architecture", "uploaded_file", "plugin_model")}
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -123,3 +125,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(JobConflict, _on_conflict)
     app.add_exception_handler(DatasetInUse, _on_conflict)
+    app.add_exception_handler(ModelInUse, _on_conflict)

@@ -63,11 +63,11 @@ class ReceivedUpload:
     fields: dict[str, str]
 
 
-def too_large(max_bytes: int) -> UploadProblem:
+def too_large(max_bytes: int, setting: str = LIMIT_SETTING) -> UploadProblem:
     """The 413 for an upload over ``max_bytes``: names the limit and the setting raising it."""
     return UploadProblem(
         f"the uploaded file is larger than the limit of {max_bytes} bytes "
-        f"(the server's {LIMIT_SETTING} setting raises it)", status=413)
+        f"(the server's {setting} setting raises it)", status=413)
 
 
 def clean_filename(raw: bytes | None) -> str:
@@ -105,7 +105,8 @@ def _boundary(content_type: str | None, file_field: str) -> bytes:
     return boundary
 
 
-def _check_declared_length(request: Request, body_limit: int, max_bytes: int) -> None:
+def _check_declared_length(request: Request, body_limit: int, max_bytes: int,
+                           setting: str) -> None:
     """Refuse by Content-Length alone, before reading a byte, when the body cannot fit (none
     given: chunked, the limit is enforced while the body streams)."""
     try:
@@ -114,7 +115,7 @@ def _check_declared_length(request: Request, body_limit: int, max_bytes: int) ->
         raise UploadProblem("Content-Length must be one non-negative integer",
                             status=400) from None
     if declared is not None and declared > body_limit:
-        raise too_large(max_bytes)
+        raise too_large(max_bytes, setting)
 
 
 class _Receiver:
@@ -124,10 +125,11 @@ class _Receiver:
     the parse (and the reading of the body) at the first byte that breaks a rule.
     """
 
-    def __init__(self, sink: BinaryIO, *, max_bytes: int, file_field: str,
+    def __init__(self, sink: BinaryIO, *, max_bytes: int, limit_setting: str, file_field: str,
                  text_fields: frozenset[str], max_field_bytes: int) -> None:
         self._sink = sink
         self._max_bytes = max_bytes
+        self.limit_setting = limit_setting
         self._file_field = file_field
         self._text_fields = text_fields
         self._max_field_bytes = max_field_bytes
@@ -219,7 +221,7 @@ class _Receiver:
         if self._in_file:
             self.size_bytes += end - start
             if self.size_bytes > self._max_bytes:
-                raise too_large(self._max_bytes)
+                raise too_large(self._max_bytes, self.limit_setting)
             chunk = memoryview(data)[start:end]  # no copy of the parser's buffer
             self._hash.update(chunk)
             self._sink.write(chunk)
@@ -257,7 +259,7 @@ async def _feed(request: Request, boundary: bytes, receiver: _Receiver, *,
             # A chunked body has no Content-Length to check up front, and the parser skips a
             # preamble of any length: cap the whole body, not only the file part.
             if received > body_limit:
-                raise too_large(max_bytes)
+                raise too_large(max_bytes, receiver.limit_setting)
             if not receiver.ended:  # the epilogue after the closing boundary is ignored
                 parser.write(chunk)
     except ClientDisconnect:
@@ -272,6 +274,7 @@ async def _feed(request: Request, boundary: bytes, receiver: _Receiver, *,
 
 @asynccontextmanager
 async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path,
+                         limit_setting: str = LIMIT_SETTING,
                          file_field: str = "file", text_fields: frozenset[str],
                          max_field_bytes: int = 4096) -> AsyncIterator[ReceivedUpload]:
     """Stream a multipart/form-data upload's one file part into a temporary file.
@@ -284,13 +287,14 @@ async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: Path,
     """
     boundary = _boundary(request.headers.get("content-type"), file_field)
     body_limit = max_bytes + ENVELOPE_BYTES
-    _check_declared_length(request, body_limit, max_bytes)
+    _check_declared_length(request, body_limit, max_bytes, limit_setting)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
     path = Path(name)
     try:
         with os.fdopen(descriptor, "wb") as sink:
-            receiver = _Receiver(sink, max_bytes=max_bytes, file_field=file_field,
+            receiver = _Receiver(sink, max_bytes=max_bytes, limit_setting=limit_setting,
+                                 file_field=file_field,
                                  text_fields=text_fields, max_field_bytes=max_field_bytes)
             await _feed(request, boundary, receiver, body_limit=body_limit, max_bytes=max_bytes)
         if not receiver.file_seen:

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from tuner_service.cli import datasets, jobs, serving, tokens
+from tuner_service.cli import datasets, jobs, models, serving, tokens
 from tuner_service.cli.jobs import load_yaml
 from tuner_service.cli.rendering import print_report
 from tuner_service.cli.serving import EXAMPLE_SPEC, host_hint
@@ -25,6 +25,7 @@ for command in (serving.migrate, serving.api, serving.worker, serving.up, jobs.s
 app.command("open")(tokens.open_pages)
 app.command()(serving.demo)
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(models.app, name="models")
 app.add_typer(tokens.app, name="token")
 
 

@@ -7,6 +7,7 @@ from rich.table import Column, Table
 
 from tuner_service.cli.common import console
 from tuner_service.datasets.catalog import data_line
+from tuner_service.model_sources.catalog import model_line
 from tuner_service.report_schema import ConfirmedConfig, ReportPublic
 from tuner_service.schemas import AdamParams, JobPublic, JobsPublic, TrialCounts
 from tuner_service.search_space import ParamRange
@@ -61,6 +62,8 @@ def print_report(report: ReportPublic) -> None:
     console.print(_config_table(report))
     if report.dataset is not None:
         console.print("tuned on " + data_line(report.dataset), highlight=False, markup=False)
+    if report.model is not None:
+        console.print("model: " + model_line(report.model), highlight=False, markup=False)
     console.print("trials: " + _counts(report.trial_counts))
     compute = report.compute
     console.print(f"compute: {compute.trial_epochs} trial-epochs "

@@ -15,6 +15,7 @@ from tuner_service.datasets import formats
 from tuner_service.datasets.catalog import BUILTINS
 from tuner_service.db import dataset_store as rows
 from tuner_service.db.models import DatasetModel, utcnow
+from tuner_service.db.owned_rows import DATASETS, InUse, blob_in_use
 from tuner_service.db.repository import NotFound
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
@@ -81,7 +82,7 @@ def register_upload(rt: Runtime, upload: Upload, options: UploadOptions, *, tena
     row = _row(upload, options, described, tenant)
     try:
         with session_scope(rt.sessions) as session:
-            rows.add(session, row)
+            DATASETS.add(session, row)
             return rows.public(row), True
     except IntegrityError:
         # The same file, uploaded by the same tenant at the same moment: that one won.
@@ -91,14 +92,14 @@ def register_upload(rt: Runtime, upload: Upload, options: UploadOptions, *, tena
         return again, False
     except BaseException:
         if stored_now:
-            _forget_bytes(rt, upload.sha256)
+            forget_bytes(rt, upload.sha256)
         raise
 
 
 def _existing(rt: Runtime, sha256: str, options: UploadOptions, tenant: str
               ) -> DatasetPublic | None:
     with session_scope(rt.sessions) as session:
-        row = rows.find_by_hash(session, sha256, tenant=tenant)
+        row = DATASETS.find_by_hash(session, sha256, tenant=tenant)
         if row is None:
             return None
         if (row.label_column, row.task) != (options.label_column, options.task):
@@ -129,14 +130,14 @@ def list_datasets(rt: Runtime, offset: int, limit: int, *, tenant: str | None
                   ) -> tuple[list[DatasetPublic], int]:
     """A page of the data sets ``tenant`` may see (None: every tenant's), newest first."""
     with session_scope(rt.sessions) as session:
-        page, total = rows.page(session, offset=offset, limit=limit, tenant=tenant)
+        page, total = DATASETS.page(session, offset=offset, limit=limit, tenant=tenant)
         return [rows.public(row) for row in page], total
 
 
 def get_dataset(rt: Runtime, dataset_id: str, *, tenant: str | None) -> DatasetPublic:
     """One data set; NotFound when ``tenant`` may not see it."""
     with session_scope(rt.sessions) as session:
-        row = rows.find(session, dataset_id, tenant=tenant)
+        row = DATASETS.find(session, dataset_id, tenant=tenant)
         if row is None:
             raise NotFound(dataset_id, "data set")
         return rows.public(row)
@@ -146,25 +147,21 @@ def delete_dataset(rt: Runtime, dataset_id: str, *, tenant: str | None) -> None:
     """Delete a data set and, once no data set holds them, its bytes. NotFound when
     ``tenant`` may not see it; ``DatasetInUse`` while a queued or running job trains on it.
     Ended jobs keep their report: what they trained on was stamped on them."""
-    with session_scope(rt.sessions) as session:
-        # Locked before the check: a job being stored on it (``hold``) finishes first, and is
-        # then counted, or finds the data set gone.
-        row = rows.lock(session, dataset_id, tenant=tenant, exclusive=True)
-        if row is None:
-            raise NotFound(dataset_id, "data set")
-        active = rows.active_jobs_on(session, dataset_id)
-        if active:
-            raise DatasetInUse(
-                f"data set {dataset_id} is in use by queued or running jobs "
-                f"({', '.join(active)}); cancel them or wait for them to end")
-        sha256 = row.sha256
-        session.delete(row)
-    _forget_bytes(rt, sha256)
+    try:
+        with session_scope(rt.sessions) as session:
+            sha256 = DATASETS.remove(session, dataset_id, tenant=tenant)
+    except InUse as in_use:
+        raise DatasetInUse(f"data set {dataset_id} is in use by queued or running jobs "
+                           f"({in_use}); cancel them or wait for them to end") from None
+    if sha256 is None:
+        raise NotFound(dataset_id, "data set")
+    forget_bytes(rt, sha256)
 
 
-def _forget_bytes(rt: Runtime, sha256: str) -> None:
+def forget_bytes(rt: Runtime, sha256: str) -> None:
+    """Remove stored bytes once no data set or model file holds them."""
     with session_scope(rt.sessions) as session:
-        if rows.hash_in_use(session, sha256):
+        if blob_in_use(session, sha256):
             return
     rt.blobs.delete(sha256)
 
@@ -173,7 +170,7 @@ def hold(session: Session, data: DataDescription, *, tenant: str) -> None:
     """In the transaction that stores a job on ``data``: keep an uploaded data set from being
     deleted until the job is stored (and then counted as using it); ``SpecRefused`` if it was
     deleted since ``describe``."""
-    if data.id is not None and rows.lock(session, data.id, tenant=tenant,
+    if data.id is not None and DATASETS.lock(session, data.id, tenant=tenant,
                                          exclusive=False) is None:
         raise SpecRefused([(("dataset", "id"), f"data set {data.id} was deleted meanwhile")])
 
@@ -185,7 +182,7 @@ def describe(rt: Runtime, spec: BuiltinDatasetSpec | UploadedDatasetSpec, *, ten
     if isinstance(spec, BuiltinDatasetSpec):
         return BUILTINS[spec.builtin]
     with session_scope(rt.sessions) as session:
-        row = rows.find(session, spec.id, tenant=tenant)
+        row = DATASETS.find(session, spec.id, tenant=tenant)
         if row is None:
             raise SpecRefused([(("dataset", "id"), f"no data set {spec.id} of tenant "
                                 f"{tenant!r}: upload it with POST /v1/datasets")])

@@ -68,6 +68,9 @@ class JobModel(Base):
     # ended) and what it was when the job was submitted, so the report still names it.
     dataset_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
     dataset: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The same for an uploaded model file, and what the job's model was (any source).
+    model_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
+    model: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     n_trials: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -199,3 +202,42 @@ class BlobChunkModel(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelFileModel(Base):
+    """A tenant's uploaded Keras model file. A worker inspects it (``status`` validating, then
+    ready or rejected with ``reason``); its bytes are a blob, content-addressed like a data
+    set's."""
+
+    __tablename__ = "tuner_models"
+    __table_args__ = (UniqueConstraint("tenant", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # input_shape, output_shape, n_params, keras_version, outputs, layers (once ready)
+    inspection: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When its inspection task was last sent: recovery resends one that never ended.
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    inspected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class WorkerModel(Base):
+    """A live worker process: who it is, the plugin models it can build, and its last sign of
+    life (a worker silent for ``worker_lost_after_s`` no longer counts as offering them)."""
+
+    __tablename__ = "tuner_workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(40))
+    plugins: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                   index=True)

@@ -154,17 +154,18 @@ def stored_specs(session: Session, job_ids: list[str], *, tenant: str | None
     return [StoredSpec(*row) for row in rows]
 
 
-def recent_specs_on(session: Session, *, model: str, dataset: tuple[str, str], epochs: int,
+def recent_specs_on(session: Session, *, model: tuple[str, str], dataset: tuple[str, str],
+                    epochs: int,
                     limit: int, tenant: str | None) -> list[StoredSpec]:
-    """Newest first, at most ``limit``: the jobs of ``tenant`` training this built-in model on
-    this data set (its spec's key and value: ("builtin", "digits"), ("id", ...)) for this many
-    epochs. A coarse filter in SQL (JSON paths work on SQLite and PostgreSQL alike); callers
+    """Newest first, at most ``limit``: the jobs of ``tenant`` training this model on this
+    data set (each by its spec's key and value: ("builtin", "digits"), ("id", ...)) for this
+    many epochs. A coarse filter in SQL (JSON paths work on SQLite and PostgreSQL alike); callers
     compare the rest of the specs."""
-    dataset_key, dataset_value = dataset
+    (dataset_key, dataset_value), (model_key, model_value) = dataset, model
     rows = session.execute(
         _STORED_SPEC
         .where(_visible(tenant),
-               _SPEC[("model", "builtin")].as_string() == model,
+               _SPEC[("model", model_key)].as_string() == model_value,
                _SPEC[("dataset", dataset_key)].as_string() == dataset_value,
                _SPEC[("budget", "epochs")].as_integer() == epochs)
         .order_by(JobModel.created_at.desc(), JobModel.id)
@@ -223,7 +224,7 @@ def add_confirm_runs(session: Session, *, job_id: str, first_slot: int,
         session.add(ConfirmRunModel(
             job_id=job_id, slot=number, candidate=candidate, is_baseline=chosen.is_baseline,
             source_trial=chosen.source_trial, search_value=chosen.search_value,
-            params=chosen.config.as_dict(), seed=seed, state="waiting", history=[]))
+            params=chosen.config.stored(), seed=seed, state="waiting", history=[]))
         slots.append(number)
     session.flush()
     return slots
@@ -246,7 +247,7 @@ def _confirm_run(row: ConfirmRunModel) -> ConfirmRun:
     return ConfirmRun(
         slot=row.slot, candidate=row.candidate, is_baseline=row.is_baseline,
         source_trial=row.source_trial, search_value=row.search_value,
-        config=AdamConfig(**row.params), seed=row.seed, state=row.state, value=row.value,
+        config=AdamConfig.from_stored(row.params), seed=row.seed, state=row.state, value=row.value,
         history=tuple(row.history or ()), error=row.error,
         started_at=aware(row.started_at), finished_at=aware(row.finished_at))
 

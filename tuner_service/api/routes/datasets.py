@@ -41,7 +41,8 @@ _UPLOAD_FORM = {
 }
 
 
-def _problem(status: int, field: str, message: str) -> JSONResponse:
+def problem_response(status: int, field: str, message: str) -> JSONResponse:
+    """The 4xx answer to a refused upload, naming the form field at fault."""
     return JSONResponse(status_code=status, content={
         "detail": [{"field": field, "message": message, "type": "upload_problem"}]})
 
@@ -71,7 +72,7 @@ async def upload_dataset(request: Request, rt: RuntimeDep, caller: ApiCaller) ->
             dataset, created = await anyio.to_thread.run_sync(
                 lambda: datasets.register_upload(rt, received, options, tenant=caller.tenant))
     except formats.DatasetProblem as problem:  # the request's or the file's (UploadProblem)
-        return _problem(problem.status, problem.field, problem.message)
+        return problem_response(problem.status, problem.field, problem.message)
     return Response(dataset.model_dump_json(), status_code=201 if created else 200,
                     media_type="application/json")
 
