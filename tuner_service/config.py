@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         default=120, ge=1,
         description="A worker's inspection of an uploaded model file (in a child process of "
         "its own) is stopped after this long and the file rejected.")
+    model_inspect_memory: ByteSize = Field(
+        default=ByteSize(8 * 2**30),
+        description="Address-space limit of that child process: a file declaring layers too "
+        "large to allocate is rejected instead of swapping the host (TensorFlow alone takes "
+        "about 2 GiB of it).")
     worker_heartbeat_s: float = Field(
         default=15.0, gt=0,
         description="How often a worker process tells the registry it is alive.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="refuse models with more parameters than this")
     parser.add_argument("--max-inflated-bytes", type=int, default=8 << 30,
                         help="refuse archives that inflate to more than this")
+    parser.add_argument("--max-memory-bytes", type=int, default=0,
+                        help="address-space limit of this process (0: none)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.max_memory_bytes > 0:
+        # Set before TensorFlow loads: a config that declares a huge layer then fails to
+        # allocate its weights (and is rejected) instead of swapping the worker's host.
+        limit = args.max_memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # Until the result is written, fd 1 points at stderr: whatever TensorFlow or Keras print
     # (from Python or C++) cannot mix with the one line the parent parses.
     result_fd = os.dup(1)

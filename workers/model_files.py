@@ -441,11 +441,14 @@ def _short(text: str) -> str:
 # -- The child process -----------------------------------------------------------------------
 
 def inspect_in_child(path: Path, *, max_params: int, timeout_s: float,
-                     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> ModelInspection:
-    """``inspect`` in a fresh Python process that exits afterwards, under a time limit: what
-    loading leaves behind (memory, threads, Keras's global state) dies with the child."""
+                     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+                     max_memory_bytes: int = 0) -> ModelInspection:
+    """``inspect`` in a fresh Python process that exits afterwards, under a time limit and
+    (``max_memory_bytes`` > 0) an address-space limit: what loading leaves behind (memory,
+    threads, Keras's global state) dies with the child."""
     command = [sys.executable, "-m", "workers.inspect_model", str(path),
-               "--max-params", str(max_params), "--max-inflated-bytes", str(max_inflated_bytes)]
+               "--max-params", str(max_params), "--max-inflated-bytes", str(max_inflated_bytes),
+               "--max-memory-bytes", str(max_memory_bytes)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout_s, env=env,

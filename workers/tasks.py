@@ -88,7 +88,8 @@ def inspect_model(model_id: str) -> None:
         path = model_cache().path_for(sha256)
         found = inspect_in_child(path, max_params=settings.max_model_params,
                                  timeout_s=settings.model_inspect_time_limit_s,
-                                 max_inflated_bytes=int(settings.max_inflated_bytes))
+                                 max_inflated_bytes=int(settings.max_inflated_bytes),
+                                 max_memory_bytes=int(settings.model_inspect_memory))
     except (BlobMissing, CorruptDataset) as error:
         model_files.record_inspection(rt, model_id, None, f"its stored bytes are lost: {error}")
     except ModelRejected as rejected:

@@ -398,3 +398,17 @@ def test_the_child_reports_rejections_and_crashes(tmp_path: Path) -> None:
                                               timeout_s=CHILD_TIMEOUT_S))
     assert crash.startswith("inspection failed (exit code 1): FileNotFoundError: ")
     assert len(crash) <= 300
+
+
+@pytest.mark.slow
+def test_a_layer_too_large_to_allocate_is_rejected_under_the_childs_memory_limit(
+        genuine: Path, tmp_path: Path) -> None:
+    """Dense(10**9) on 64 inputs would want 256 GB for its kernel: the child, capped at
+    4 GiB of address space, fails to allocate it and the file is rejected (the host never
+    sees the allocation)."""
+    huge = rewrite_config(genuine, tmp_path / "huge.keras",
+                          lambda config: last_dense(config)["config"].update(units=10**9))
+    reason = rejected(lambda: inspect_in_child(huge, max_params=MAX_PARAMS,
+                                               timeout_s=CHILD_TIMEOUT_S,
+                                               max_memory_bytes=4 * 2**30))
+    assert "OOM" in reason or "memory" in reason.lower() or "alloc" in reason.lower(), reason
