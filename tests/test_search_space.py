@@ -90,3 +90,59 @@ def test_log_beta_samples_cover_the_values_near_one() -> None:
     betas = [suggest_config(study.ask(), space).beta_2 for _ in range(200)]
     # Uniform sampling over [0.9, 0.9999] would put ~1 % of draws above 0.999.
     assert sum(b > 0.999 for b in betas) > 40
+
+
+def test_a_hypermodels_hyperparameters_become_optuna_distributions() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from tuner_service.model_sources.types import HyperParameter
+    from tuner_service.search_space import hyper_distributions
+
+    found = hyper_distributions([
+        HyperParameter(name="units", kind="int", min_value=32, max_value=500, step=64),
+        HyperParameter(name="rate", kind="float", min_value=0.001, max_value=0.01, step=0.003),
+        HyperParameter(name="scale", kind="float", min_value=1e-4, max_value=1.0,
+                       sampling="log"),
+        HyperParameter(name="act", kind="choice", values=("relu", "tanh")),
+        HyperParameter(name="extra", kind="boolean", default=False),
+        HyperParameter(name="fixed", kind="fixed", default=3),
+    ])
+    # An uneven step keeps KerasTuner's grid (it stops short of max) instead of Optuna's
+    # warning and moved bound.
+    assert found == {
+        "hp:units": IntDistribution(32, 480, step=64),
+        "hp:rate": FloatDistribution(0.001, 0.01, step=0.003),
+        "hp:scale": FloatDistribution(1e-4, 1.0, log=True),
+        "hp:act": CategoricalDistribution(["relu", "tanh"]),
+        "hp:extra": CategoricalDistribution([False, True]),
+    }
+
+
+def test_sampled_hyperparameters_travel_with_the_adam_numbers() -> None:
+    import optuna
+
+    from tuner_service.model_sources.types import HyperParameter
+    from tuner_service.search_space import (
+        SearchSpace,
+        config_from_params,
+        hyper_defaults,
+        suggest_config,
+        suggest_model_values,
+    )
+
+    space = SearchSpace()
+    hps = [HyperParameter(name="units", kind="int", min_value=8, max_value=64, step=8,
+                          default=32),
+           HyperParameter(name="act", kind="choice", values=("relu", "tanh"), default="relu")]
+    assert hyper_defaults(hps) == {"hp:units": 32, "hp:act": "relu"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(5):
+        trial = study.ask()
+        config = suggest_config(trial, space).with_model_values(
+            suggest_model_values(trial, hps))
+        study.tell(trial, 1.0)
+        stored = study.trials[-1]
+        assert config_from_params(stored.params, space) == config
+        assert config.model_values["units"] in range(8, 65, 8)
+        assert config.model_values["act"] in ("relu", "tanh")
+        assert type(config).from_stored(config.stored()) == config

@@ -133,8 +133,10 @@ def pick_candidates(records: Sequence[TrialRecord], spec: JobCreate, plan: Confi
     for record in complete:
         assert record.config is not None
         config = record.config
-        if config.is_close_to(PAPER_DEFAULTS) or any(config.is_close_to(c.config)
-                                                     for c in chosen):
+        # The baseline trial is confirmed as the paper defaults below (a HyperModel's at
+        # its defaults too, which its configuration then names).
+        if (record.is_baseline or config.is_close_to(PAPER_DEFAULTS)
+                or any(config.is_close_to(c.config) for c in chosen)):
             continue
         chosen.append(Candidate(config, False, record.number, record.value))
         if len(chosen) == plan.top_k:

@@ -91,7 +91,9 @@ Architecture = LogisticRegressionSpec | MLPSpec | CNNSpec
 BuiltinModelSpec = Annotated[Architecture, Field(discriminator="builtin")]
 ModelId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 PluginName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
-OptionValue = int | float | str | bool | list[int | float | str | bool] | None
+# JSON scalars, or lists of them; NaN and infinity are not JSON (PostgreSQL refuses them).
+_OptionScalar = int | Annotated[float, Field(allow_inf_nan=False)] | str | bool
+OptionValue = _OptionScalar | list[_OptionScalar] | None
 
 
 class UploadedModelSpec(_Strict):

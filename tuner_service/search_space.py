@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Annotated, Any
 
 import optuna
@@ -200,17 +201,30 @@ def hyper_distributions(hyperparameters: Sequence[HyperParameter]
 
 def _hyper_distribution(hp: HyperParameter) -> BaseDistribution | None:
     log = hp.sampling == "log"
+    # KerasTuner allows a step that does not divide the range (its grid stops short of max);
+    # Optuna warns and moves ``high``: the last value on the grid is given instead. A log
+    # range is sampled continuously (KerasTuner's log step multiplies, Optuna's cannot).
     if hp.kind == "int" and hp.min_value is not None and hp.max_value is not None:
-        int_step = 1 if log or not hp.step else int(hp.step)
-        return IntDistribution(int(hp.min_value), int(hp.max_value), log=log, step=int_step)
+        low, int_step = int(hp.min_value), 1 if log or not hp.step else int(hp.step)
+        high = low + (int(hp.max_value) - low) // int_step * int_step
+        return IntDistribution(low, high, log=log, step=int_step)
     if hp.kind == "float" and hp.min_value is not None and hp.max_value is not None:
         float_step = None if log or not hp.step else float(hp.step)
-        return FloatDistribution(hp.min_value, hp.max_value, log=log, step=float_step)
+        top = hp.max_value if float_step is None else _grid_top(hp.min_value, hp.max_value,
+                                                                float_step)
+        return FloatDistribution(hp.min_value, top, log=log, step=float_step)
     if hp.kind == "choice" and hp.values:
         return CategoricalDistribution(list(hp.values))
     if hp.kind == "boolean":
         return CategoricalDistribution([False, True])
     return None
+
+
+def _grid_top(low: float, high: float, step: float) -> float:
+    # In decimal: 0.001 + 3 * 0.003 in binary floats is 0.010000000000000002, off the grid.
+    start, stride = Decimal(repr(low)), Decimal(repr(step))
+    steps = math.floor((Decimal(repr(high)) - start) / stride + Decimal("1e-9"))
+    return float(start + steps * stride)
 
 
 def suggest_model_values(trial: optuna.Trial, hyperparameters: Sequence[HyperParameter]

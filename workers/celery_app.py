@@ -48,6 +48,9 @@ def _warm_child(**_kwargs: Any) -> None:
 
 
 @worker_process_shutdown.connect
-def _leave_registry(**_kwargs: Any) -> None:
+def _stop_beating(**_kwargs: Any) -> None:
+    # The entry stays until it goes silent: a child replaced after its hundredth trial (or
+    # by a restart) is followed by one that registers only once TensorFlow and the plugins
+    # have loaded, and jobs naming a plugin must not be refused meanwhile.
     for registration in _registration:
         registration.stop()

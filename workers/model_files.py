@@ -395,7 +395,7 @@ def inspect(path: Path, *, max_params: int,
     return ModelInspection(
         input_shape=_shape(inputs[0]), output_shape=_shape(outputs[0]), n_params=n_params,
         keras_version=archive.keras_version,
-        outputs="probabilities" if _applies_probabilities(_output_layer(model)) else "logits",
+        outputs="probabilities" if applies_probabilities(output_layer(model)) else "logits",
         layers=len(model.layers))
 
 
@@ -414,7 +414,7 @@ def _shape(tensor: Any) -> tuple[int | None, ...]:
     return tuple(None if size is None else int(size) for size in tensor.shape[1:])
 
 
-def _output_layer(model: keras.Model) -> Any:
+def output_layer(model: keras.Model) -> Any:
     """The layer that computes the model's output, looking inside nested models."""
     layer: Any = model
     while isinstance(layer, keras.Model):
@@ -427,7 +427,8 @@ def _output_layer(model: keras.Model) -> Any:
     return layer
 
 
-def _applies_probabilities(layer: Any) -> bool:
+def applies_probabilities(layer: Any) -> bool:
+    """True for a softmax layer, or a layer whose activation is softmax or sigmoid."""
     if isinstance(layer, keras.layers.Softmax):
         return True
     activation = getattr(layer, "activation", None)

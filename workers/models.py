@@ -88,13 +88,11 @@ def model_source(spec: ModelSpec, model_file: Path | None,
 
 
 def outputs_probabilities(model: keras.Model) -> bool:
-    """True when the model's last layer applies softmax or sigmoid (its loss must then not
-    take logits)."""
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation in (keras.activations.softmax, keras.activations.sigmoid)
+    """True when the layer computing the model's output (inside nested models too) applies
+    softmax or sigmoid: its loss must then not take logits."""
+    from workers.model_files import applies_probabilities, output_layer
+
+    return applies_probabilities(output_layer(model))
 
 
 def build_model(spec: Architecture, input_shape: tuple[int, ...], n_outputs: int

@@ -22,6 +22,7 @@ from tuner_service.model_sources.types import (
     PluginOption,
     Scalar,
 )
+from workers.model_files import applies_probabilities, output_layer
 
 ENTRY_POINT_GROUP = "tuner_service.models"
 
@@ -146,7 +147,9 @@ def _space(name: str, obj: Any) -> dict[str, Any]:
         return {"hyperparameters": tuple(_hyperparameter(h) for h in hp.space),
                 "input_shape": tuple(model.inputs[0].shape[1:]),
                 "output_shape": tuple(model.outputs[0].shape[1:]),
-                "n_params": model.count_params()}
+                "n_params": model.count_params(),
+                "outputs": ("probabilities" if applies_probabilities(output_layer(model))
+                            else "logits")}
     finally:
         keras.backend.clear_session()  # the worker discovers once; free the throwaway model
 
@@ -176,12 +179,11 @@ def _build_pinned(name: str, obj: Any, pinned: Mapping[str, Scalar],
                   ) -> tuple[Any, keras_tuner.HyperParameters]:
     model, hp = _call(name, lambda: _build_hp(obj, pinned))
     space = {h.name: h for h in hp.space}
-    # Checked after the build, as a build may declare hyperparameters depending on values.
+    # Checked after the build, as a build may declare hyperparameters depending on values: a
+    # value for one this build did not declare (a conditional one whose condition is off
+    # with these values) is unused, not wrong.
     for key, value in pinned.items():
-        if key not in space:
-            raise PluginError(f"plugin {name!r} has no hyperparameter {key!r}"
-                              f" (it has: {', '.join(space) or 'none'})")
-        if not _allowed(space[key], value):
+        if key in space and not _allowed(space[key], value):
             raise PluginError(f"plugin {name!r}: {value!r} is not a value of {space[key]!r}")
     return model, hp
 

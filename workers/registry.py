@@ -36,12 +36,8 @@ class Registration:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating and leave the registry."""
+        """Stop beating (the entry goes silent, and lost after ``worker_lost_after_s``)."""
         self._stop.set()
-        try:
-            registry.unregister(self._rt, self.worker_id)
-        except Exception:
-            log.warning("could not leave the worker registry", exc_info=True)
 
     def _register(self) -> bool:
         try:

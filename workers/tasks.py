@@ -80,7 +80,7 @@ def inspect_model(model_id: str) -> None:
     from workers.model_files import ModelRejected, inspect_in_child
 
     rt = runtime()
-    sha256 = model_files.pending_inspection(rt, model_id)
+    sha256 = model_files.claim_inspection(rt, model_id)
     if sha256 is None:
         return
     settings = rt.settings

@@ -30,6 +30,11 @@ class SetupError(Exception):
     search must stop (a failure of one configuration is a TrainResult instead)."""
 
 
+class TrialSetupError(Exception):
+    """The model cannot be built with this trial's sampled hyperparameters (a HyperModel's):
+    the trial fails, the search goes on with other values."""
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything about a training run except the optimizer."""
@@ -135,14 +140,19 @@ def _set_up(spec: TrainSpec, config: AdamConfig) -> tuple[Dataset, keras.Model]:
         keras.utils.set_random_seed(spec.seed if spec.init_seed is None else spec.init_seed)
         source = model_source(spec.model, spec.model_file, config.model_values)
         model = source.build(data.input_shape, spec.data.target.n_outputs)
+        n_params = model.count_params()
     except OSError:
         raise  # a download or disk problem may pass: not a reason to stop the search
     except Exception as error:
-        raise SetupError(f"cannot set up {spec.model.label} on {spec.data.name}: "
-                         f"{type(error).__name__}: {error}") from error
-    if spec.max_params is not None and model.count_params() > spec.max_params:
-        raise SetupError(f"{spec.model.label} has {model.count_params():,} parameters, over "
-                         f"the limit of {spec.max_params:,} (TUNER_MAX_MODEL_PARAMS)")
+        problem = f"cannot set up {spec.model.label} on {spec.data.name}: " \
+                  f"{type(error).__name__}: {error}"
+        if config.model_values:  # these sampled hyperparameters fail; others may build
+            raise TrialSetupError(problem) from error
+        raise SetupError(problem) from error
+    if spec.max_params is not None and n_params > spec.max_params:
+        problem = (f"{spec.model.label} has {n_params:,} parameters, over the limit of "
+                   f"{spec.max_params:,} (TUNER_MAX_MODEL_PARAMS)")
+        raise (TrialSetupError if config.model_values else SetupError)(problem)
     return data, model
 
 

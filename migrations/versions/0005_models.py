@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("inspection", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("inspected_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_tuner_models"),
         sa.UniqueConstraint("tenant", "sha256", name="uq_tuner_models_tenant"),

@@ -137,10 +137,21 @@ def test_a_file_still_being_inspected_or_rejected_cannot_be_tuned(
     assert "still being inspected" in field_errors(refused)["model.id"]
     from tuner_service.model_sources import files
 
+    # What a worker's inspection task does: one claim wins however often it is delivered.
+    assert files.claim_inspection(runtime, model["id"]) is not None
+    assert files.claim_inspection(runtime, model["id"]) is None
+    assert files.resend_lost_inspections(runtime) == 0  # claimed just now
     files.record_inspection(runtime, model["id"], None, "layer 'x': Lambda is not allowed")
+    assert files.claim_inspection(runtime, model["id"]) is None
     rejected = client.post("/v1/jobs", json=job({"id": model["id"], "weights": "file"}))
     assert "was rejected: layer 'x': Lambda" in field_errors(rejected)["model.id"]
     assert client.get(f"/v1/models/{model['id']}").json()["status"] == "rejected"
+    # Uploaded again, a rejected file is inspected again (its reason may have passed).
+    again = upload(client, "net.keras", keras_zip())
+    assert again.status_code == 200
+    assert (again.json()["id"], again.json()["status"], again.json()["reason"]) == (
+        model["id"], "validating", None)
+    assert files.claim_inspection(runtime, model["id"]) is not None
 
 
 def test_a_model_spec_names_its_field_when_malformed(client: TestClient) -> None:
@@ -188,7 +199,7 @@ def test_plugins_of_live_workers_are_listed_with_their_worker_count(
     _silence(runtime, "host-b:2")
     plugins = {p["name"]: p for p in client.get("/v1/models").json()["plugins"]}
     assert plugins["tiny"]["workers"] == 1
-    registry.unregister(runtime, worker)
+    _silence(runtime, worker)
     assert client.get("/v1/models").json()["plugins"] == []
 
 

@@ -472,3 +472,13 @@ def test_pickled_payload_is_never_run(tmp_path: Path) -> None:
 def test_problem_defaults() -> None:
     problem = DatasetProblem("bad")
     assert (problem.message, problem.field, problem.status) == ("bad", "file", 422)
+
+
+def test_an_npz_of_many_members_is_refused_before_its_directory_is_read(tmp_path: Path
+                                                                        ) -> None:
+    path = tmp_path / "crowded.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(5_000):
+            archive.writestr(f"x{i}.npy", b"")
+    with pytest.raises(DatasetProblem, match="the archive has 5,000 members; at most 64"):
+        _read(path)

@@ -196,3 +196,12 @@ def test_a_config_that_is_not_a_keras_config_is_refused(tmp_path: Path, config: 
 def test_metadata_must_be_an_object(tmp_path: Path, metadata: object, reason: str) -> None:
     path = write_zip(tmp_path / "m.keras", members(metadata=metadata))
     assert refused(path) == reason
+
+
+def test_a_zip_of_many_members_is_refused_before_its_directory_is_read(tmp_path: Path
+                                                                       ) -> None:
+    # 200,000 empty members: zipfile would build 200,000 objects before any check could run.
+    crowded = write_zip(tmp_path / "crowded.keras",
+                        members() + [(f"m{i}", b"") for i in range(200_000)])
+    assert refused(crowded).startswith("the archive has 65,535 members; at most 64 are "
+                                       "expected: a Keras model file holds config.json")

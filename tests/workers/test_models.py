@@ -95,3 +95,20 @@ def test_a_softmax_output_is_trained_on_probabilities_not_logits() -> None:
 def test_an_uploaded_model_without_its_file_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="needs its file"):
         model_source(UploadedModelSpec(id="b" * 32), None, {})
+
+
+def test_a_hypermodel_that_cannot_build_with_sampled_values_fails_the_trial_not_the_job(
+        ) -> None:
+    from workers.training import SetupError, TrialSetupError
+
+    spec = TrainSpec(model=PluginModelSpec(plugin="kt_digits", search_hyperparameters=True),
+                     dataset=BuiltinDatasetSpec(builtin="digits", max_samples=100),
+                     data=BUILTINS["digits"], epochs=1, batch_size=64, metric="val_loss",
+                     seed=0)
+    off_grid = PAPER_DEFAULTS.with_model_values({"units": 9})
+    with pytest.raises(TrialSetupError, match="9 is not a value of"):
+        train(spec, [off_grid], [lambda _epoch, _value: None])
+    # Without sampled values nothing else could build it: the search stops.
+    broken = TrainSpec(**{**spec.__dict__, "model": PluginModelSpec(plugin="broken")})
+    with pytest.raises(SetupError, match="plugin 'broken' failed to load"):
+        train(broken, [PAPER_DEFAULTS], [lambda _epoch, _value: None])

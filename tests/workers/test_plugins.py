@@ -123,11 +123,17 @@ def test_hyperparameter_values_fill_in_defaults() -> None:
     ({"units": 72}, "72 is not a value of"),
     ({"extra_layer": 1}, "1 is not a value of"),
     ({"activation": "selu"}, "'selu' is not a value of"),
-    ({"depth": 3}, "has no hyperparameter 'depth' (it has: activation, units, extra_layer"),
 ])
 def test_invalid_pinned_values_are_refused(values: dict[str, int | str], reason: str) -> None:
     with pytest.raises(PluginError, match=f"plugin 'kt_digits'.*{reason}".replace("(", r"\(")):
         build_plugin("kt_digits", (1,), 1, {}, values)
+
+
+@pytest.mark.slow
+def test_a_value_the_build_does_not_declare_is_unused() -> None:
+    # What a conditional hyperparameter gets when its condition is off.
+    assert _hidden(build_plugin("kt_digits", (1,), 1, {}, {"depth": 3, "units": 16})
+                   ).units == 16
 
 
 def test_an_unknown_plugin_names_the_installed_ones() -> None:

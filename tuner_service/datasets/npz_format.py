@@ -30,9 +30,12 @@ from tuner_service.datasets.checks import (
     listing,
     short_error,
 )
+from tuner_service.zip_directory import directory_of, too_large
 
 _PLAIN_MEMBERS = frozenset({"x.npy", "y.npy"})
 _SPLIT_MEMBERS = frozenset({"x_train.npy", "y_train.npy", "x_val.npy", "y_val.npy"})
+# The directory is checked for at most this many members before it is read (see zip_directory).
+MAX_NPZ_MEMBERS = 64
 _ZIP_ENCRYPTED = 0x1  # general purpose bit flag 0 of a zip entry
 _ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # a first member, or an empty archive
 _NUMERIC_KINDS = "biuf"
@@ -58,6 +61,10 @@ def read_npz(path: Path, task: TargetKind | None,
     # an .npy with a zip appended would reach np.load as a single array.
     if start not in _ZIP_STARTS or not zipfile.is_zipfile(path):
         raise _not_a_zip(start)
+    with path.open("rb") as file:
+        crowded = too_large(directory_of(file), max_entries=MAX_NPZ_MEMBERS)
+    if crowded is not None:
+        raise DatasetProblem(f"{crowded} (x and y, or x_train, y_train, x_val and y_val)")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()

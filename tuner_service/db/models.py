@@ -224,6 +224,8 @@ class ModelFileModel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # When its inspection task was last sent: recovery resends one that never ended.
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # When a worker took it: one inspection at a time however often the task is delivered.
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     inspected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tuner_service.zip_directory import directory_of, too_large
+
 CONFIG = "config.json"
 METADATA = "metadata.json"
 WEIGHTS = "model.weights.h5"
@@ -36,6 +38,9 @@ BOMB_FLOOR_BYTES = 1 << 20
 # lzma) are not what Keras or common tools write and cost far more CPU to inflate.
 ACCEPTED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
+# What the directory may hold before it is read: the three members, and room to name the
+# ones too many (a zip with a few extra members is told which).
+MAX_MEMBERS = 64
 _MEMBER_LIST = "config.json, model.weights.h5 and optionally metadata.json"
 
 
@@ -73,6 +78,9 @@ def read_archive(path: Path, *, max_inflated_bytes: int) -> Archive:
 def _open_zip(file: BinaryIO) -> zipfile.ZipFile:
     # A truncated or damaged central directory raises more than BadZipFile (a seek before the
     # start of the file is an OSError, an impossible count a ValueError).
+    problem = too_large(directory_of(file), max_entries=MAX_MEMBERS)
+    if problem is not None:
+        raise ModelFileProblem(f"{problem}: a Keras model file holds {_MEMBER_LIST}")
     try:
         return zipfile.ZipFile(file)
     except zipfile.BadZipFile as problem:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -111,16 +111,45 @@ def _send_inspection(rt: Runtime, model_id: str) -> None:
 
 
 def _existing(rt: Runtime, sha256: str, tenant: str) -> ModelFilePublic | None:
+    """The tenant's model file of these bytes. One that was rejected is inspected again: its
+    reason may have passed (a time limit, a worker's memory, a server limit since raised)."""
     with session_scope(rt.sessions) as session:
         row = MODEL_FILES.find_by_hash(session, sha256, tenant=tenant)
-        return public(row) if row is not None else None
+        if row is None:
+            return None
+        again = row.status == "rejected"
+        if again:
+            row.status, row.reason, row.inspection = "validating", None, None
+            row.claimed_at, row.sent_at, row.inspected_at = None, utcnow(), None
+        found = public(row)
+    if again:
+        _send_inspection(rt, found.id)
+    return found
 
 
-def pending_inspection(rt: Runtime, model_id: str) -> str | None:
-    """The hash of a model file still waiting for its inspection, else None."""
+def claim_inspection(rt: Runtime, model_id: str) -> str | None:
+    """Take a model file's inspection and return its hash; None when it is not waiting for
+    one, or another worker took it less than the time limit (and a margin) ago: duplicate
+    deliveries and resends start one inspection, not several."""
+    now = utcnow()
     with session_scope(rt.sessions) as session:
-        row = MODEL_FILES.find(session, model_id, tenant=None)
-        return row.sha256 if row is not None and row.status == "validating" else None
+        taken = session.execute(
+            update(ModelFileModel)
+            .where(ModelFileModel.id == model_id, ModelFileModel.status == "validating",
+                   _unclaimed_since(now - _inspection_lease(rt)))
+            .values(claimed_at=now).execution_options(synchronize_session=False))
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return session.scalar(select(ModelFileModel.sha256)
+                              .where(ModelFileModel.id == model_id))
+
+
+def _inspection_lease(rt: Runtime) -> timedelta:
+    return timedelta(seconds=rt.settings.model_inspect_time_limit_s + RESEND_MARGIN_S)
+
+
+def _unclaimed_since(moment: datetime) -> ColumnElement[bool]:
+    return or_(ModelFileModel.claimed_at.is_(None), ModelFileModel.claimed_at < moment)
 
 
 def record_inspection(rt: Runtime, model_id: str, found: ModelInspection | None,
@@ -139,11 +168,11 @@ def record_inspection(rt: Runtime, model_id: str, found: ModelInspection | None,
 
 def resend_lost_inspections(rt: Runtime) -> int:
     """Send again the inspections that never ended (lost worker, broker down at upload)."""
-    limit = rt.settings.model_inspect_time_limit_s + RESEND_MARGIN_S
-    before = utcnow() - timedelta(seconds=limit)
+    before = utcnow() - _inspection_lease(rt)
     with session_scope(rt.sessions) as session:
         ids = list(session.scalars(select(ModelFileModel.id).where(
-            ModelFileModel.status == "validating", ModelFileModel.sent_at < before)))
+            ModelFileModel.status == "validating", ModelFileModel.sent_at < before,
+            _unclaimed_since(before))))
         if ids:
             session.execute(update(ModelFileModel).where(ModelFileModel.id.in_(ids))
                             .values(sent_at=utcnow())

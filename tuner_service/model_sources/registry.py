@@ -19,15 +19,22 @@ from tuner_service.runtime import Runtime
 from tuner_service.schemas import PluginModelSpec, PluginPublic
 from tuner_service.validation import Problem, SpecRefused
 
+# A build function's first two arguments: the service passes them from the data set.
+RESERVED_OPTIONS = frozenset({"input_shape", "n_outputs"})
+# A worker silent this long is removed from the registry when another one registers.
+FORGET_AFTER_S = 3600
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,)}
 
 
 def register(rt: Runtime, worker_id: str, *, host: str, pid: int, version: str,
              plugins: Sequence[PluginDescription]) -> None:
-    """Add (or renew) a worker process with the plugins it found."""
+    """Add (or renew) a worker process with the plugins it found; forget processes silent
+    for over an hour (killed ones never leave)."""
     now = utcnow()
     with session_scope(rt.sessions) as session:
+        session.execute(delete(WorkerModel).where(
+            WorkerModel.heartbeat_at < now - timedelta(seconds=FORGET_AFTER_S)))
         row = session.get(WorkerModel, worker_id)
         if row is None:
             row = WorkerModel(id=worker_id, started_at=now)
@@ -44,12 +51,6 @@ def beat(rt: Runtime, worker_id: str) -> bool:
                                   .values(heartbeat_at=utcnow())
                                   .execution_options(synchronize_session=False))
         return bool(changed.rowcount)  # type: ignore[attr-defined]
-
-
-def unregister(rt: Runtime, worker_id: str) -> None:
-    """Remove a worker process that is shutting down."""
-    with session_scope(rt.sessions) as session:
-        session.execute(delete(WorkerModel).where(WorkerModel.id == worker_id))
 
 
 def offered_plugins(rt: Runtime) -> list[PluginPublic]:
@@ -91,7 +92,8 @@ def describe(rt: Runtime, spec: PluginModelSpec) -> ModelDescription:
     return ModelDescription(
         source="plugin", name=plugin.name, package=plugin.package, version=plugin.version,
         kind=plugin.kind, input_shape=plugin.input_shape, output_shape=plugin.output_shape,
-        n_params=plugin.n_params, hyperparameters=plugin.hyperparameters,
+        n_params=plugin.n_params, outputs=plugin.outputs,
+        hyperparameters=plugin.hyperparameters,
         searched=spec.search_hyperparameters)
 
 
@@ -105,7 +107,10 @@ def option_problems(plugin: PluginDescription, options: dict[str, Any]) -> list[
     problems: list[Problem] = []
     for name, value in options.items():
         option = declared.get(name)
-        if option is None:
+        if name in RESERVED_OPTIONS:
+            problems.append((("model", "options", name), f"{name} is the data set's, given to "
+                             "every build function; it cannot be an option"))
+        elif option is None:
             if not plugin.any_options:
                 problems.append((("model", "options", name), f"plugin {plugin.name!r} takes "
                                  f"no option {name!r} (it takes: "

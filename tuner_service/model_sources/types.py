@@ -61,6 +61,8 @@ class PluginDescription(BaseModel):
     input_shape: Shape | None = None
     output_shape: Shape | None = None
     n_params: int | None = None
+    # A hypermodel's: whether its default build ends in softmax/sigmoid (the snippet's loss).
+    outputs: Literal["logits", "probabilities"] = "logits"
     # Set when the entry point could not be loaded or built: the plugin is listed, not offered.
     error: str | None = None
 
