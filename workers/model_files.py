@@ -19,12 +19,14 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
 
+import h5py
 import keras
 import keras.src.activations
 import keras.src.constraints
@@ -34,6 +36,7 @@ from keras.src import api_export
 from keras.src.models.functional import Functional
 from keras.src.saving import object_registration, saving_lib, serialization_lib
 
+from tuner_service.model_sources.archive import WEIGHTS as WEIGHTS_MEMBER
 from tuner_service.model_sources.archive import Archive, ModelFileProblem, read_archive
 from tuner_service.model_sources.types import ModelInspection
 
@@ -361,6 +364,7 @@ def _load(path: Path, max_inflated_bytes: int) -> tuple[keras.Model, Archive]:
     except ModelFileProblem as problem:
         raise ModelRejected(str(problem)) from problem
     check_config(archive.config)
+    check_weights(path)
     try:
         # The zip loader itself, given the open file: keras.saving.load_model would pick a
         # loader from the path's suffix (stored uploads have none) and treat some paths as
@@ -373,6 +377,35 @@ def _load(path: Path, max_inflated_bytes: int) -> tuple[keras.Model, Archive]:
     if not isinstance(model, keras.Model):
         raise ModelRejected(f"the file holds a {type(model).__name__}, not a Keras model")
     return model, archive
+
+
+def check_weights(path: Path) -> None:
+    """Refuse a weights file that reaches outside itself: HDF5 external and soft links,
+    datasets stored in external files and virtual datasets would fill weights from files on
+    the worker (Keras writes none of them)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(WEIGHTS_MEMBER) as member, \
+                h5py.File(member, "r") as weights:
+            _check_group(weights, "")
+    except ModelRejected:
+        raise
+    except Exception as error:
+        raise ModelRejected(_short(f"the weights file cannot be read: "
+                                   f"{type(error).__name__}: {error}")) from error
+
+
+def _check_group(group: h5py.Group, where: str) -> None:
+    for name in group:
+        at = f"{where}/{name}"
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise ModelRejected(f"the weights file links {at} elsewhere "
+                                f"({type(link).__name__}); Keras writes no links")
+        item = group[name]
+        if isinstance(item, h5py.Group):
+            _check_group(item, at)
+        elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+            raise ModelRejected(f"the weights file's dataset {at} is stored outside it")
 
 
 def inspect(path: Path, *, max_params: int,

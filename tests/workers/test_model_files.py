@@ -367,7 +367,8 @@ def test_a_file_keras_cannot_load_is_rejected(genuine: Path, tmp_path: Path) -> 
             data = original.read(member)
             broken.writestr(member, b"not HDF5" if member.filename == "model.weights.h5"
                             else data)
-    assert rejected(lambda: load_checked(path)).startswith("Keras could not load the model: ")
+    assert rejected(lambda: load_checked(path)).startswith(
+        "the weights file cannot be read: OSError: Unable to synchronously open file")
 
 
 # -- The child process -----------------------------------------------------------------------
@@ -412,3 +413,42 @@ def test_a_layer_too_large_to_allocate_is_rejected_under_the_childs_memory_limit
                                                timeout_s=CHILD_TIMEOUT_S,
                                                max_memory_bytes=4 * 2**30))
     assert "OOM" in reason or "memory" in reason.lower() or "alloc" in reason.lower(), reason
+
+
+def _with_weights(source: Path, target: Path, change: Callable[[Any], None]) -> Path:
+    """A copy of the archive whose weights file went through ``change`` (an h5py File)."""
+    import h5py
+
+    weights = target.parent / "weights.h5"
+    with zipfile.ZipFile(source) as original:
+        weights.write_bytes(original.read("model.weights.h5"))
+        with h5py.File(weights, "a") as store:
+            change(store)
+        with zipfile.ZipFile(target, "w") as edited:
+            for member in original.infolist():
+                data = (weights.read_bytes() if member.filename == "model.weights.h5"
+                        else original.read(member))
+                edited.writestr(member.filename, data)
+    return target
+
+
+def test_weights_that_reach_outside_the_file_are_refused(genuine: Path, tmp_path: Path
+                                                         ) -> None:
+    import h5py
+
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as other:
+        other["data"] = [1.0, 2.0]
+
+    def external_link(store: Any) -> None:
+        store["stolen"] = h5py.ExternalLink(str(secret), "/data")
+
+    def external_storage(store: Any) -> None:
+        raw = tmp_path / "raw.bin"
+        raw.write_bytes(bytes(8))
+        store.create_dataset("outside", shape=(2,), dtype="f4", external=[(str(raw), 0, 8)])
+
+    linked = _with_weights(genuine, tmp_path / "linked.keras", external_link)
+    assert "links /stolen elsewhere (ExternalLink)" in rejected(lambda: load_checked(linked))
+    stored = _with_weights(genuine, tmp_path / "stored.keras", external_storage)
+    assert "dataset /outside is stored outside it" in rejected(lambda: load_checked(stored))
