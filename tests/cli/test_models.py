@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
+# The commands speak HTTP only: one backend is enough here (tests/test_models_end_to_end.py
+# runs the same paths on both).
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 def test_a_keras_file_to_a_report_and_a_plugin_from_yaml(
         stack: WorkerStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNER_TOKEN", new_token(stack.settings, "cli-models"))

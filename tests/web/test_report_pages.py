@@ -64,7 +64,7 @@ def test_the_json_report_agrees_with_the_trials_table(
         assert report["trial_counts"][state] == sum(t["state"] == state for t in trials)
     best, baseline = complete[0], next(t for t in trials if t["is_baseline"])
     assert report["best"] == {"trial_number": best["number"], "value": best["value"],
-                              "params": best["params"]}
+                              "params": best["params"], "hyperparameters": {}}
     assert [p["best"] for p in report["parameters"]] == list(best["params"].values())
     assert report["baseline"]["value"] == baseline["value"]
     assert report["baseline"]["intermediate_values"] == baseline["intermediate_values"]
