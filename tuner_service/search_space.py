@@ -248,9 +248,8 @@ def suggest_model_values(trial: optuna.Trial, hyperparameters: Sequence[HyperPar
 
 def hyper_defaults(hyperparameters: Sequence[HyperParameter]) -> dict[str, Any]:
     """The Optuna params of the hyperparameters' defaults (the baseline trial uses them)."""
-    return {name: next(hp.default for hp in hyperparameters
-                       if HYPER_PREFIX + hp.name == name)
-            for name in hyper_distributions(hyperparameters)}
+    return {HYPER_PREFIX + hp.name: hp.default for hp in hyperparameters
+            if _hyper_distribution(hp) is not None}
 
 
 def model_values_from_params(params: Mapping[str, Any]) -> dict[str, HyperValue]:
@@ -272,7 +271,8 @@ def config_from_params(params: dict[str, Any], space: SearchSpace) -> AdamConfig
             values[name] = 1.0 - float(params[_one_minus(name)])
         else:
             values[name] = float(params[name])
-    return AdamConfig.from_stored(values).with_model_values(model_values_from_params(params))
+    return AdamConfig.from_stored({**values,
+                                   "hyperparameters": model_values_from_params(params)})
 
 
 def baseline_params(space: SearchSpace) -> dict[str, Any] | None:

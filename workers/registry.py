@@ -39,15 +39,13 @@ class Registration:
         """Stop beating (the entry goes silent, and lost after ``worker_lost_after_s``)."""
         self._stop.set()
 
-    def _register(self) -> bool:
+    def _register(self) -> None:
         try:
             registry.register(self._rt, self.worker_id, host=socket.gethostname(),
                               pid=os.getpid(), version=_version(), plugins=self._plugins)
         except Exception:
             log.warning("could not register in the worker registry; trying again",
                         exc_info=True)
-            return False
-        return True
 
     def _beat_forever(self) -> None:
         while not self._stop.wait(self._rt.settings.worker_heartbeat_s):

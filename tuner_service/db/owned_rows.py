@@ -4,7 +4,7 @@ transaction; the bytes live in a ``BlobStore`` shared by both kinds, found by ``
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -12,13 +12,6 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from tuner_service.db.models import DatasetModel, JobModel, ModelFileModel
 
 ACTIVE_JOB_STATUSES = ("queued", "running")
-
-
-class _Owned(Protocol):
-    id: InstrumentedAttribute[str]
-    tenant: InstrumentedAttribute[str]
-    sha256: InstrumentedAttribute[str]
-    created_at: InstrumentedAttribute[object]
 
 
 Row = TypeVar("Row", DatasetModel, ModelFileModel)

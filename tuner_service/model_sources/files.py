@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tuner_service.datasets.service import forget_bytes
+from tuner_service.datasets.service import MAX_NAME, forget_bytes
 from tuner_service.db.models import ModelFileModel, aware, utcnow
 from tuner_service.db.owned_rows import MODEL_FILES, InUse
 from tuner_service.db.repository import NotFound
@@ -27,7 +27,6 @@ from tuner_service.schemas import ModelFilePublic, UploadedModelSpec
 from tuner_service.validation import SpecRefused
 
 log = logging.getLogger(__name__)
-MAX_NAME = 200
 SUFFIX = ".keras"
 # An inspection task that has not ended this long after its time limit was lost with its
 # worker (or never reached the broker): recovery sends it again.

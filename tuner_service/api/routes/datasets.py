@@ -77,15 +77,21 @@ async def upload_dataset(request: Request, rt: RuntimeDep, caller: ApiCaller) ->
                     media_type="application/json")
 
 
+def form_name(fields: dict[str, str]) -> str | None:
+    """An upload form's optional ``name`` (data sets and model files alike)."""
+    name = fields.get("name") or None
+    if name is not None and (len(name) > datasets.MAX_NAME or not name.isprintable()):
+        raise formats.DatasetProblem(
+            f"name must be 1 to {datasets.MAX_NAME} printable characters", field="name")
+    return name
+
+
 def _options(fields: dict[str, str]) -> datasets.UploadOptions:
     task = fields.get("task") or None
     if task is not None and task not in get_args(formats.TargetKind):
         raise formats.DatasetProblem(
             f"task must be 'classes' or 'values', not {task[:50]!r}", field="task")
-    name = fields.get("name") or None
-    if name is not None and (len(name) > datasets.MAX_NAME or not name.isprintable()):
-        raise formats.DatasetProblem(
-            f"name must be 1 to {datasets.MAX_NAME} printable characters", field="name")
+    name = form_name(fields)
     label_column = fields.get("label_column") or None
     if label_column is not None and len(label_column) > datasets.MAX_NAME:
         raise formats.DatasetProblem(

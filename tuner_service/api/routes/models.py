@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from tuner_service.api.auth import ApiCaller
 from tuner_service.api.deps import RuntimeDep
 from tuner_service.api.openapi import COMMON, SIGNED_IN, Responses, json_error
-from tuner_service.api.routes.datasets import problem_response
+from tuner_service.api.routes.datasets import form_name, problem_response
 from tuner_service.api.uploads import receive_upload
 from tuner_service.datasets.checks import DatasetProblem
 from tuner_service.model_sources import files, registry
@@ -54,7 +54,7 @@ async def upload_model(request: Request, rt: RuntimeDep, caller: ApiCaller) -> R
                                   tmp_dir=settings.upload_folder,
                                   text_fields=frozenset({"name"}),
                                   limit_setting="TUNER_MAX_MODEL_BYTES") as upload:
-            name = _name(upload.fields.get("name") or None)
+            name = form_name(upload.fields)
             received = files.ModelUpload(upload.path, upload.filename, upload.size_bytes,
                                          upload.sha256)
             model, created = await anyio.to_thread.run_sync(
@@ -65,13 +65,6 @@ async def upload_model(request: Request, rt: RuntimeDep, caller: ApiCaller) -> R
         return problem_response(422, "file", str(problem))
     return Response(model.model_dump_json(), status_code=201 if created else 200,
                     media_type="application/json")
-
-
-def _name(name: str | None) -> str | None:
-    if name is not None and (len(name) > files.MAX_NAME or not name.isprintable()):
-        raise DatasetProblem(f"name must be 1 to {files.MAX_NAME} printable characters",
-                             field="name")
-    return name
 
 
 @router.get("", response_model=ModelsPublic)
