@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.test_jobs_validation import GOOD
-from tuner_service import confirmation, jobs, trials
+from tuner_service import confirmation, job_status, jobs, trials
 from tuner_service.adam import PAPER_DEFAULTS
 from tuner_service.db import repository as repo
 from tuner_service.db.session import session_scope
@@ -167,7 +167,7 @@ def test_a_job_cancelled_while_searching_says_confirmation_stopped(runtime: Runt
 def test_finishing_the_search_twice_queues_the_runs_once(runtime: Runtime) -> None:
     job_id = jobs.submit_job(runtime, _spec(), caller=LOCAL).id
     _search(runtime, job_id, [0.9, 0.3, 0.2, 0.5])
-    trials._finish_job_if_done(runtime, job_id)  # a second worker ending the same search
+    job_status.finish_job_if_done(runtime, job_id)  # a second worker ending the same search
     with session_scope(runtime.sessions) as session:
         assert len(repo.confirm_runs(session, job_id)) == 6
         assert repo.slot_states(session, job_id) == {"done": 4, "confirm:queued": 6}

@@ -64,6 +64,7 @@ def tune(stack: WorkerStack, model: dict[str, Any], **changes: Any) -> dict[str,
     assert job["status"] == "succeeded", (job, stack.log.read_text()[-3000:])
     report = dict(stack.client.get(f"/v1/jobs/{job_id}/report").json())
     report["trials"] = stack.client.get(f"/v1/jobs/{job_id}/trials").json()["items"]
+    report["job"] = job
     return report
 
 
@@ -140,6 +141,9 @@ def test_a_build_function_plugin_is_offered_and_tuned(stack: WorkerStack) -> Non
     report = tune(stack, {"plugin": "tiny_mlp", "options": {"units": 8}})
     assert report["model"]["source"] == "plugin" and report["model"]["kind"] == "build"
     assert report["trials"][0]["hyperparameters"] == {}
+    # An operator's model packs like a built-in: both trials trained in one pass.
+    assert report["job"]["packing"]["size"] == 2
+    assert [t["pack_size"] for t in report["trials"]] == [2, 2]
 
 
 def test_a_hypermodel_is_tuned_with_its_hyperparameters_at_their_defaults(
@@ -165,6 +169,9 @@ def test_a_hypermodel_is_tuned_with_its_hyperparameters_searched_with_adams(
     assert trials[0]["hyperparameters"]["units"] == 32
     assert len({t["hyperparameters"]["units"] for t in trials}) > 1
     assert all(t["hyperparameters"]["units"] in range(8, 65, 8) for t in trials)
+    # Each trial builds another model: they cannot share a pass, and the job says so.
+    assert all(t["pack_size"] == 1 for t in trials)
+    assert "searched hyperparameters" in report["job"]["packing"]["reason"]
     best = report["best"]
     assert best["hyperparameters"] == trials[best["trial_number"]]["hyperparameters"]
     assert f"hp.Fixed('units', {best['hyperparameters']['units']})" in report["keras_snippet"]

@@ -19,6 +19,7 @@ from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime, build_runtime
 from tuner_service.schemas import JobCreate
+from tuner_service.states import BUDGET_SPENT, StopReason
 from tuner_service.tenancy import LOCAL
 
 
@@ -191,7 +192,7 @@ def test_a_superseded_run_stops_and_writes_nothing(runtime: Runtime) -> None:
     _age_heartbeat(runtime, job_id, 0)
     second = trials.start_trial(runtime, job_id, 0, "task-b")
     assert second is not None and second.config.is_close_to(first.config)
-    assert trials.report_epoch(runtime, first, 1, 0.5) == trials.LOST
+    assert trials.report_epoch(runtime, first, 1, 0.5) == StopReason.LOST
     trials.finish_trial(runtime, first, trials.TrialOutcome("complete", 0.5))  # dropped
     assert trials.report_epoch(runtime, second, 1, 0.4) is None
     trials.finish_trial(runtime, second, trials.TrialOutcome("complete", 0.4))
@@ -207,7 +208,7 @@ def test_a_same_id_redelivery_supersedes_a_run_that_is_still_alive(runtime: Runt
     again = trials.start_trial(runtime, job_id, 0, "task-a")
     assert original is not None and again is not None
     assert again.claim.attempt == original.claim.attempt + 1
-    assert trials.report_epoch(runtime, original, 1, 0.5) == trials.LOST
+    assert trials.report_epoch(runtime, original, 1, 0.5) == StopReason.LOST
     assert trials.report_epoch(runtime, again, 1, 0.5) is None
 
 
@@ -262,7 +263,7 @@ def test_a_trial_epoch_budget_lets_pruning_buy_trials_then_stops_the_job(
     assert job["trial_counts"] == {"complete": 2, "pruned": 1, "fail": 0, "running": 0,
                                    "waiting": 0}
     assert client.get(f"/v1/jobs/{job_id}/report").json()["compute"]["trial_epochs"] == 7
-    assert _slot(runtime, job_id, 3).error == trials.BUDGET_SPENT
+    assert _slot(runtime, job_id, 3).error == BUDGET_SPENT
 
 
 def test_a_running_trial_reserves_its_full_epochs_of_the_budget(runtime: Runtime) -> None:

@@ -16,13 +16,13 @@ from tuner_service.db import repository as repo
 from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
 from tuner_service.db.session import session_scope
 from tuner_service.dispatch import dispatch
+from tuner_service.job_status import close_study
 from tuner_service.model_sources import files as model_files
 from tuner_service.model_sources.resolve import describe as describe_model
 from tuner_service.runtime import Runtime
 from tuner_service.schemas import TERMINAL_JOB_STATUSES, JobCreate
 from tuner_service.studies import StudySummary, TrialRecord, WarmSource, study_name_for
 from tuner_service.tenancy import Caller, LimitExceeded
-from tuner_service.trials import close_study
 from tuner_service.validation import SpecRefused, spec_problems
 from tuner_service.warm_start import warm_plan
 

@@ -57,7 +57,10 @@ class ComputeSpent(BaseModel):
     trial_epochs: int = Field(description="Epochs trained over all trials (pruned ones too) "
                               "and confirmation runs")
     confirm_epochs: int = Field(default=0, description="Of those, the confirmation runs'")
-    worker_seconds: float = Field(description="Sum of trial durations; running trials so far")
+    worker_seconds: float = Field(description="Sum of trial durations (a trial trained in a "
+                                  "pack of K counts a K-th of its time); running trials so far")
+    largest_pack: int = Field(default=1, description="Most trials trained together in one "
+                              "pass (1: one at a time)")
     wall_seconds: float | None = Field(description="From the job's start to its end (or now)")
 
 

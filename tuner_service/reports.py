@@ -232,8 +232,10 @@ def _compute(job: JobModel, records: Sequence[TrialRecord], runs: Sequence[Confi
         trial_epochs=(sum(len(r.intermediate_values) for r in records)
                       + sum(len(r.history) for r in runs)),
         confirm_epochs=sum(len(r.history) for r in runs),
-        worker_seconds=(sum(_seconds_so_far(r, now) for r in records)
+        # A pack of K trials shares one worker's time: each trial counts its K-th of it.
+        worker_seconds=(sum(_seconds_so_far(r, now) / (r.pack_size or 1) for r in records)
                         + sum(r.seconds(now) for r in runs)),
+        largest_pack=max((r.pack_size or 1 for r in records), default=1),
         wall_seconds=((finished or now) - started).total_seconds() if started else None,
     )
 

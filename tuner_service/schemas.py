@@ -19,10 +19,12 @@ from pydantic import (
 from tuner_service.adam import HyperValue
 from tuner_service.model_sources.types import PluginDescription
 from tuner_service.search_space import SearchSpace
+from tuner_service.states import JobStatus as JobStatusEnum
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TrialState = Literal["complete", "pruned", "fail", "running", "waiting"]
-TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+MAX_PACK = 256
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset(s for s in JobStatusEnum if s.ended)
 
 
 class _Strict(BaseModel):
@@ -286,6 +288,13 @@ class Budget(_Strict):
         "trained this many epochs (a pruned trial counts the epochs it ran), so pruning buys "
         "more trials and n_trials only caps how many. The last trial may end past it.",
     )
+    pack: Literal["auto"] | Annotated[int, Field(ge=1, le=MAX_PACK)] = Field(
+        default="auto",
+        description="How many configurations a worker trains together in one pass, each with "
+        "its own copy of the model fed the same batches: 1 trains one at a time, K asks for K, "
+        "auto sizes packs from the model, the worker's free memory and the search (README, "
+        "'Packed trials'). Each configuration's result is the same as trained alone.",
+    )
 
 
 class PartialAdamConfig(_Strict):
@@ -401,6 +410,8 @@ class JobPublic(BaseModel):
         "succeeds when they have")
     trial_counts: TrialCounts
     best: BestTrial | None
+    packing: PackingPublic | None = Field(
+        default=None, description="The latest pack a worker trained; null before the first")
     spec: JobCreate
 
 
@@ -409,6 +420,13 @@ class JobsPublic(BaseModel):
 
     items: list[JobPublic]
     total: int
+
+
+class PackingPublic(BaseModel):
+    """How the job's latest pack was sized."""
+
+    size: int = Field(description="Configurations trained together in one pass")
+    reason: str = Field(description="What limited the size, or why the model trains alone")
 
 
 class TrialPublic(BaseModel):
@@ -427,6 +445,9 @@ class TrialPublic(BaseModel):
     fail_reason: str | None
     is_baseline: bool
     worker: str | None = Field(description="host:pid of the worker process that ran it")
+    pack_size: int | None = Field(
+        default=None, description="How many configurations trained together in its pass "
+        "(1: alone; null: not run by a worker)")
 
 
 class TrialsPublic(BaseModel):

@@ -50,6 +50,7 @@ from tuner_service.study_tables import (
 READER_CACHE_SIZE = 256
 BASELINE_ATTR = "baseline"
 WORKER_ATTR = "worker"
+PACK_ATTR = "pack_size"
 FAIL_REASON_ATTR = "fail_reason"
 WARM_SOURCES_ATTR = "warm_start"  # study attribute: [{"job_id": ..., "trials": n}, ...]
 
@@ -76,6 +77,7 @@ class TrialRecord:
     fail_reason: str | None
     is_baseline: bool
     worker: str | None
+    pack_size: int | None = None  # how many configurations trained with it in one pass
 
     @property
     def duration_s(self) -> float | None:
@@ -238,9 +240,11 @@ class StudyStore:
         optuna.delete_study(study_name=study_name, storage=self.storage)
 
     def ask(self, study_name: str, spec: JobCreate, seed_offset: int, worker: str,
-            hyperparameters: Sequence[HyperParameter] = ()) -> AskedTrial:
+            hyperparameters: Sequence[HyperParameter] = (), pack_size: int = 1) -> AskedTrial:
         """Hand out the next trial, sample its Adam numbers (and a HyperModel's searched
-        ``hyperparameters``), and note who runs it."""
+        ``hyperparameters``), and note who runs it, in a pack of how many. Asked in a row for
+        the slots of one pack, the trials differ: TPE's constant liar scores the running ones
+        as bad, random and quasi-random samplers draw on."""
         study = self._study(study_name, spec, seed_offset)
         with self._ask_lock():
             try:
@@ -253,6 +257,7 @@ class StudyStore:
             if hyperparameters:
                 config = config.with_model_values(suggest_model_values(trial, hyperparameters))
         trial.set_user_attr(WORKER_ATTR, worker)
+        trial.set_user_attr(PACK_ATTR, pack_size)
         self._running[(study_name, trial.number)] = trial
         return AskedTrial(number=trial.number, config=config)
 
@@ -448,6 +453,7 @@ def _record(trial: FrozenTrial, spec: JobCreate) -> TrialRecord:
         fail_reason=trial.user_attrs.get(FAIL_REASON_ATTR),
         is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR, False)),
         worker=trial.user_attrs.get(WORKER_ATTR),
+        pack_size=trial.user_attrs.get(PACK_ATTR),
     )
 
 

@@ -1,13 +1,8 @@
-"""The life cycle of one trial slot, as a worker drives it: claim, ask, report, finish.
+"""A pack of trials, as a worker drives it: lease K slots, ask the study for K configurations,
+report each copy's epochs to its own trial, tell K results.
 
-Celery may deliver a task more than once (late ack, redelivery after a lost worker or a lost
-broker connection, the recovery loop's resend); every function here is safe to repeat.
-
-A claim is a compare-and-set on the slot row that bumps ``attempts``; the pair (task id,
-attempt) is the claim's token, and every later write of the slot checks it. So a run that was
-superseded (its worker was thought lost, yet lived on) finds out at its next epoch and stops
-without writing; the new run fails the old Optuna trial and trains the same parameters again,
-at most ``max_trial_attempts`` times.
+The lease itself (claims, heartbeats, recovery of a lost attempt's slot) is ``leases``; what a
+job does once its slots end is ``job_status``; how big a pack is, ``packing``.
 """
 
 from __future__ import annotations
@@ -15,50 +10,64 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, or_, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from tuner_service import confirmation
+from tuner_service import confirmation, job_status, leases, packing
 from tuner_service.adam import AdamConfig
 from tuner_service.datasets.catalog import stamped_data
 from tuner_service.db import repository as repo
-from tuner_service.db.models import JobModel, TrialSlotModel, utcnow
+from tuner_service.db.models import utcnow
 from tuner_service.db.session import session_scope
-from tuner_service.dispatch import dispatch
+from tuner_service.leases import Claim, Claimed
 from tuner_service.model_sources.resolve import stamped_model
 from tuner_service.model_sources.types import ModelDescription
+from tuner_service.packing import PackChoice, PackRequest
 from tuner_service.runtime import Runtime
-from tuner_service.schemas import TERMINAL_JOB_STATUSES, DataDescription, JobCreate
-from tuner_service.studies import SearchStopped, TrialRecord
+from tuner_service.schemas import DataDescription, JobCreate
+from tuner_service.states import (
+    BUDGET_SPENT,
+    INTERRUPTED,
+    JobStatus,
+    SlotState,
+    StopReason,
+    TrialState,
+)
+from tuner_service.studies import SearchStopped
 
 log = logging.getLogger(__name__)
-LOST = "lost"  # report_epoch's answer when another delivery has taken the slot over
-INTERRUPTED = "interrupted (worker lost or infrastructure error); retried"
-BUDGET_SPENT = "budget.max_trial_epochs spent"
-NEVER_RUN = "never run: the job ended first"
+SEARCHED_MODEL = ("the HyperModel's searched hyperparameters change the model from trial to "
+                  "trial")
 
 
 @dataclass(frozen=True)
-class Claim:
-    """Which delivery owns a slot: its task id and the attempt number it claimed."""
+class JobContext:
+    """A job as a worker needs it to size and train a pack; plain data."""
 
     job_id: str
-    slot: int
-    task_id: str
-    attempt: int
+    study_name: str
+    status: JobStatus
+    spec: JobCreate
+    data: DataDescription
+    model: ModelDescription
+
+
+@dataclass(frozen=True)
+class WorkerFit:
+    """What the worker knows of the pack it could train: how many copies its free memory
+    holds, and why the model cannot be packed (None when it can)."""
+
+    memory_fit: int
+    problem: str | None = None
+
+
+# The worker's assessment of a job's model; None: this caller trains one at a time.
+Assess = Callable[[JobContext], WorkerFit]
 
 
 @dataclass(frozen=True)
 class TrialTicket:
-    """What a worker needs to train one trial; plain data.
+    """What a worker needs to train one configuration of a pack; plain data.
 
     A search slot's ticket has the Optuna trial ``number``; a confirm slot's has none (its
     result goes to its confirmation run, not to the study) and a fresh ``init_seed``.
@@ -72,6 +81,7 @@ class TrialTicket:
     data: DataDescription
     model: ModelDescription
     init_seed: int | None = None
+    pack_size: int = 1
 
     @property
     def confirms(self) -> bool:
@@ -85,6 +95,24 @@ class TrialTicket:
 
 
 @dataclass(frozen=True)
+class Pack:
+    """K tickets of one job trained together: same model, data, batches and initial weights."""
+
+    tickets: tuple[TrialTicket, ...]
+    choice: PackChoice
+
+    @property
+    def claims(self) -> list[Claim]:
+        """The lease: one claim per slot."""
+        return [ticket.claim for ticket in self.tickets]
+
+    @property
+    def first(self) -> TrialTicket:
+        """Any ticket: they share everything but the configuration."""
+        return self.tickets[0]
+
+
+@dataclass(frozen=True)
 class TrialOutcome:
     """How a trial ended: ``complete`` with a value, ``pruned``, or ``fail`` with a reason."""
 
@@ -94,346 +122,253 @@ class TrialOutcome:
     history: tuple[float, ...] = ()
 
 
-def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
-                worker: str = "") -> TrialTicket | None:
-    """Claim a slot and ask its job's study for a trial (or, for a confirm slot, load its
-    run); None when there is nothing to run."""
+ONE_AT_A_TIME = PackChoice(1, "one configuration per pass")
+
+
+def start_pack(rt: Runtime, job_id: str, slot: int, task_id: str, worker: str,
+               assess: Assess | None = None) -> Pack | None:
+    """Lease ``slot`` and as many more of its job as the pack's size allows, then ask the
+    study for a configuration per search slot (or load each confirm slot's run); None when
+    there is nothing to run. Without ``assess`` the pack holds ``slot`` alone."""
+    context = _job_context(rt, job_id)
+    if context is None:
+        return None
+    if context.status.ended:
+        job_status.close_unstarted(rt, job_id, context.study_name)
+        return None
+    first = leases.claim(rt, job_id, slot, task_id)
+    if first is None:
+        return None
+    with session_scope(rt.sessions) as session:
+        run = repo.confirm_run(session, job_id, slot)
+    seed = run.seed if run is not None else None
+    kind = repo.CONFIRM if run is not None else repo.SEARCH
+    choice = _size(rt, context, first.claim, kind, seed, assess)
+    claimed = [first, *leases.claim_partners(rt, first.claim, kind, choice.size - 1, seed)]
+    choice = PackChoice(len(claimed), choice.reason)
+    if run is not None:
+        return _start_confirm_runs(rt, context, claimed, choice)
+    return _start_search_trials(rt, context, claimed, choice, worker)
+
+
+def _job_context(rt: Runtime, job_id: str) -> JobContext | None:
     with session_scope(rt.sessions) as session:
         job = repo.find_job(session, job_id, tenant=repo.EVERY_TENANT)
         if job is None:
             return None
         spec = JobCreate.model_validate(job.spec)
-        data = stamped_data(spec, job.dataset)
-        model = stamped_model(spec.model, job.model)
-        study_name, status = job.study_name, job.status
-        kind = repo.slot_kind(session, job_id, slot)
-    if status in TERMINAL_JOB_STATUSES:
-        _close_unstarted(rt, job_id, study_name)
-        return None
-    claimed = _claim(rt, job_id, slot, task_id)
-    if claimed is None:
-        return None
-    claim, lost_number = claimed
-    if kind == repo.CONFIRM:
-        return _start_confirm_run(rt, claim, study_name, spec, data, model)
-    if lost_number is not None and not _recover_lost_trial(rt, claim, study_name, lost_number):
-        return None
-    if _trial_epochs_spent(rt, study_name, spec):
-        _stop_starting_trials(rt, claim, study_name)
-        return None
-    try:
-        asked = rt.studies.ask(study_name, spec, seed_offset=slot,
-                               worker=worker or f"{socket.gethostname()}:{os.getpid()}",
-                               hyperparameters=model.searched_hyperparameters)
-    except SearchStopped as stop:
-        fail_job(rt, job_id, str(stop))
-        _end_slot(rt, claim, "failed", str(stop))
-        return None
-    if not _record_start(rt, claim, asked.number):
-        rt.studies.tell(study_name, asked.number, "fail", None,
-                        reason="superseded by another delivery")
-        return None
-    return TrialTicket(claim, study_name, asked.number, asked.config, spec, data, model)
+        return JobContext(job_id, job.study_name, JobStatus(job.status), spec,
+                          stamped_data(spec, job.dataset), stamped_model(spec.model, job.model))
 
 
-def _start_confirm_run(rt: Runtime, claim: Claim, study_name: str, spec: JobCreate,
-                       data: DataDescription, model: ModelDescription) -> TrialTicket | None:
+def _size(rt: Runtime, context: JobContext, first: Claim, kind: str, seed: int | None,
+          assess: Assess | None) -> PackChoice:
+    if assess is None:
+        return ONE_AT_A_TIME
+    if context.model.searched_hyperparameters:
+        return PackChoice(1, f"cannot pack this model: {SEARCHED_MODEL}")
+    left = leases.open_slots(rt, first, kind, seed)
+    if context.spec.budget.pack == 1 or left == 1:
+        fit = WorkerFit(memory_fit=1)  # no need to build the model to learn it packs
+    else:
+        fit = assess(context)
+    return packing.choose(context.spec, PackRequest(
+        slots_left=left, memory_fit=fit.memory_fit, problem=fit.problem,
+        confirms=kind == repo.CONFIRM))
+
+
+def _start_confirm_runs(rt: Runtime, context: JobContext, claimed: Sequence[Claimed],
+                        choice: PackChoice) -> Pack | None:
+    tickets = []
     with session_scope(rt.sessions) as session:
-        run = repo.confirm_run(session, claim.job_id, claim.slot)
-        if run is None or not _update_slot(session, _owned_by(claim), heartbeat_at=utcnow()):
-            return None
-        repo.update_confirm_run(session, claim.job_id, claim.slot, state="running",
-                                started_at=utcnow(), history=[], value=None, error=None)
-    return TrialTicket(claim, study_name, None, run.config, spec, data, model,
-                       init_seed=run.seed)
+        for taken in claimed:
+            run = repo.confirm_run(session, context.job_id, taken.claim.slot)
+            if run is None or not leases.update_slot(session, leases.owned_by(taken.claim),
+                                                     heartbeat_at=utcnow()):
+                continue
+            repo.update_confirm_run(session, context.job_id, taken.claim.slot,
+                                    state=TrialState.RUNNING, started_at=utcnow(), history=[],
+                                    value=None, error=None)
+            tickets.append(TrialTicket(taken.claim, context.study_name, None, run.config,
+                                       context.spec, context.data, context.model,
+                                       init_seed=run.seed, pack_size=len(claimed)))
+    return Pack(tuple(tickets), choice) if tickets else None
 
 
-def _trial_epochs_spent(rt: Runtime, study_name: str, spec: JobCreate) -> bool:
-    """True when the search's trial-epoch budget leaves no room for another trial: the
-    epochs ended trials trained, plus a full trial for each one still running, reach it
-    (confirmation's share of max_trial_epochs is kept out of the search's)."""
+def _start_search_trials(rt: Runtime, context: JobContext, claimed: Sequence[Claimed],
+                         choice: PackChoice, worker: str) -> Pack | None:
+    """Ask the study for one configuration per leased slot (a lost attempt's trial is failed
+    and its parameters asked again), within the job's trial-epoch budget."""
+    spec, study_name = context.spec, context.study_name
     budget = confirmation.search_epoch_budget(spec)
-    if budget is None:
-        return False
-    records = rt.studies.records(study_name, spec)
-    committed = sum(spec.budget.epochs if r.state == "running" else len(r.intermediate_values)
-                    for r in records)
-    return committed >= budget
+    committed = _committed_epochs(rt, context) if budget is not None else 0
+    asked: list[tuple[Claim, int, AdamConfig]] = []
+    for index, taken in enumerate(claimed):
+        if taken.lost_number is not None and not _recover_lost_trial(
+                rt, taken.claim, study_name, taken.lost_number):
+            continue
+        if budget is not None and committed >= budget:
+            _stop_starting_trials(rt, context, [c.claim for c in claimed[index:]])
+            break
+        try:
+            trial = rt.studies.ask(study_name, spec, seed_offset=taken.claim.slot,
+                                   worker=worker, pack_size=len(claimed),
+                                   hyperparameters=context.model.searched_hyperparameters)
+        except SearchStopped as stop:
+            _give_back(rt, asked, study_name)
+            job_status.fail_job(rt, context.job_id, str(stop))
+            _end(rt, [c.claim for c in claimed], SlotState.FAILED, str(stop))
+            return None
+        committed += spec.budget.epochs
+        asked.append((taken.claim, trial.number, trial.config))
+    started = _record_starts(rt, context, asked, choice)
+    tickets = tuple(TrialTicket(claim, study_name, number, config, spec, context.data,
+                                context.model, pack_size=len(claimed))
+                    for claim, number, config in asked if claim.slot in started)
+    _give_back(rt, [a for a in asked if a[0].slot not in started], study_name)
+    return Pack(tickets, choice) if tickets else None
 
 
-def _stop_starting_trials(rt: Runtime, claim: Claim, study_name: str) -> None:
-    """The budget is spent: this slot and every queued one end without a trial (in one
+def _committed_epochs(rt: Runtime, context: JobContext) -> int:
+    """The epochs ended trials trained, plus a full trial for each one still running
+    (confirmation's share of max_trial_epochs is kept out of the search's)."""
+    records = rt.studies.records(context.study_name, context.spec)
+    return sum(context.spec.budget.epochs if r.state == TrialState.RUNNING
+               else len(r.intermediate_values) for r in records)
+
+
+def _stop_starting_trials(rt: Runtime, context: JobContext, claims: Sequence[Claim]) -> None:
+    """The budget is spent: these slots and every queued one end without a trial (in one
     statement, so the queue drains at once); running trials finish and end the job."""
     with session_scope(rt.sessions) as session:
-        lost = repo.cancel_open_slots(session, job_id=claim.job_id)
-    fail_lost_trials(rt, study_name, lost)
-    _end_slot(rt, claim, "cancelled", BUDGET_SPENT)
+        lost = repo.cancel_open_slots(session, job_id=context.job_id)
+    job_status.fail_lost_trials(rt, context.study_name, lost)
+    _end(rt, claims, SlotState.CANCELLED, BUDGET_SPENT)
 
 
 def _recover_lost_trial(rt: Runtime, claim: Claim, study_name: str, number: int) -> bool:
     """A previous attempt left trial ``number``; True when this attempt must train again."""
-    if rt.studies.state_of(study_name, number) in ("complete", "pruned", "fail"):
+    if TrialState(rt.studies.state_of(study_name, number)).finished:
         # Its result was told before its worker died: the slot is done, nothing to rerun.
-        _end_slot(rt, claim, "done", None)
+        _end(rt, [claim], SlotState.DONE)
         return False
-    rt.studies.tell(study_name, number, "fail", None, reason=INTERRUPTED)
+    rt.studies.tell(study_name, number, TrialState.FAIL, None, reason=INTERRUPTED)
     rt.studies.retry_params(study_name, number)
     return True
 
 
-def _close_unstarted(rt: Runtime, job_id: str, study_name: str) -> None:
-    """Queued slots of a finished job will not run; trials lost workers left are failed."""
+def _record_starts(rt: Runtime, context: JobContext,
+                   asked: Sequence[tuple[Claim, int, AdamConfig]], choice: PackChoice
+                   ) -> set[int]:
+    """Note each slot's trial (where the lease still holds it) and the pack's size on the job;
+    returns the slots noted."""
+    started = set()
     with session_scope(rt.sessions) as session:
-        lost = repo.cancel_open_slots(session, job_id=job_id)
-    close_study(rt, study_name, lost)
+        for claim, number, _config in asked:
+            if leases.update_slot(session, leases.owned_by(claim), trial_number=number,
+                                  heartbeat_at=utcnow()):
+                started.add(claim.slot)
+        if started:
+            repo.set_packing(session, context.job_id, choice.stored())
+    if started:
+        job_status.mark_running(rt, context.job_id)
+    return started
 
 
-def fail_lost_trials(rt: Runtime, study_name: str, numbers: list[int]) -> None:
-    """Fail trials whose worker was lost and whose slot will not run again."""
-    for number in numbers:
-        rt.studies.tell(study_name, number, "fail", None, reason="worker lost")
+def _give_back(rt: Runtime, asked: Sequence[tuple[Claim, int, AdamConfig]],
+               study_name: str) -> None:
+    """Trials asked for slots another delivery took over meanwhile."""
+    for _claim, number, _config in asked:
+        rt.studies.tell(study_name, number, TrialState.FAIL, None,
+                        reason="superseded by another delivery")
 
 
-def close_study(rt: Runtime, study_name: str, lost: list[int]) -> None:
-    """The job has ended: fail the trials lost workers left and the enqueued ones nobody will
-    run (the paper defaults of a job cancelled early), so an ended job has none waiting."""
-    fail_lost_trials(rt, study_name, lost)
-    rt.studies.fail_waiting(study_name, NEVER_RUN)
+class EpochReports:
+    """Reports a pack's epochs: per epoch, one heartbeat of the whole lease and one read of the
+    job's status serve every copy; each copy's value goes to its own trial (and pruner)."""
 
+    def __init__(self, rt: Runtime, pack: Pack) -> None:
+        self._rt = rt
+        self._pack = pack
+        self._epoch: int | None = None
+        self._owned: set[int] = set()
+        self._status = JobStatus.RUNNING
 
-def _claim(rt: Runtime, job_id: str, slot: int, task_id: str) -> tuple[Claim, int | None] | None:
-    """Compare-and-set the slot to running for this task.
-
-    Returns the claim and the number of a trial a lost attempt left behind, or None when
-    another live delivery owns the slot, or it has ended.
-    """
-    stale = utcnow() - timedelta(seconds=rt.settings.stale_after_s)
-    with session_scope(rt.sessions) as session:
-        before = repo.find_slot(session, job_id, slot)
-        if before is None or before.state in repo.TERMINAL_SLOT_STATES:
+    def report(self, ticket: TrialTicket, epoch: int, value: float) -> StopReason | None:
+        """Record one epoch of one copy; why that copy must stop now, or None to go on."""
+        if epoch != self._epoch:
+            self._refresh(epoch)
+        if ticket.claim.slot not in self._owned:
+            return StopReason.LOST
+        if self._status.ended:
+            return StopReason.job_ended(self._status)
+        if ticket.number is None:  # a confirmation run is never pruned: it trains to the end
             return None
-        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            update(TrialSlotModel)
-            .where(repo.slot_key(job_id, slot), TrialSlotModel.attempts == before.attempts,
-                   TrialSlotModel.attempts < rt.settings.max_trial_attempts)
-            .where(or_(
-                TrialSlotModel.state == "queued",
-                (TrialSlotModel.state == "running")
-                & or_(TrialSlotModel.task_id == task_id, TrialSlotModel.heartbeat_at < stale),
-            ))
-            .values(state="running", task_id=task_id, attempts=TrialSlotModel.attempts + 1,
-                    heartbeat_at=utcnow(), trial_number=None)
-            .execution_options(synchronize_session=False)
-        )
-    if result.rowcount == 1:
-        return Claim(job_id, slot, task_id, before.attempts + 1), before.trial_number
-    if before.attempts >= rt.settings.max_trial_attempts and _is_lost(before, task_id, stale):
-        _give_up(rt, before)
-    return None
+        prune = self._rt.studies.report(ticket.study_name, ticket.number, epoch, value)
+        return StopReason.PRUNED if prune else None
+
+    def _refresh(self, epoch: int) -> None:
+        with session_scope(self._rt.sessions) as session:
+            self._owned = leases.beat(session, self._pack.claims)
+            job = repo.find_job_or_raise(session, self._pack.first.job_id,
+                                         tenant=repo.EVERY_TENANT)
+            self._status = JobStatus(job.status)
+        self._epoch = epoch
 
 
-def _owned_by(claim: Claim) -> ColumnElement[bool]:
-    """The slot is still running under this claim."""
-    return (repo.slot_key(claim.job_id, claim.slot) & (TrialSlotModel.state == "running")
-            & (TrialSlotModel.task_id == claim.task_id)
-            & (TrialSlotModel.attempts == claim.attempt))
+def finish_pack(rt: Runtime, pack: Pack, outcomes: Sequence[TrialOutcome]) -> None:
+    """Tell the study (or the confirmation runs) how each copy ended, end the lease's slots,
+    and finish the job when all have ended. A superseded copy writes nothing: the delivery
+    that took its slot over owns the result."""
+    still_owned = leases.owned(rt, pack.claims)
+    kept = []
+    for ticket, outcome in zip(pack.tickets, outcomes, strict=True):
+        if outcome.reason == StopReason.LOST or ticket.claim.slot not in still_owned:
+            log.warning("trial %s of job %s was taken over; dropping its result",
+                        ticket.number, ticket.job_id)
+            continue
+        kept.append(ticket.claim)
+        # "pruned" says nothing the state does not; other reasons ("job cancelled",
+        # "diverged: …") are kept with the trial.
+        reason = None if outcome.reason == StopReason.PRUNED else outcome.reason
+        if ticket.number is None:
+            with session_scope(rt.sessions) as session:
+                repo.update_confirm_run(
+                    session, ticket.job_id, ticket.claim.slot, state=outcome.state,
+                    value=outcome.value if outcome.state == TrialState.COMPLETE else None,
+                    history=list(outcome.history), error=reason, finished_at=utcnow())
+        else:
+            rt.studies.tell(ticket.study_name, ticket.number, outcome.state, outcome.value,
+                            reason=reason)
+    _end(rt, kept, SlotState.DONE)
 
 
-def _is_lost(slot: TrialSlotModel, task_id: str, stale: datetime) -> bool:
-    """True when no live delivery owns the slot any more."""
-    if slot.state == "queued" or slot.task_id == task_id or slot.heartbeat_at is None:
-        return True
-    beat = slot.heartbeat_at
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return (beat if beat.tzinfo else beat.replace(tzinfo=UTC)) < stale
-
-
-def _give_up(rt: Runtime, slot: TrialSlotModel) -> None:
-    reason = f"worker lost {rt.settings.max_trial_attempts} times; gave up"
-    with session_scope(rt.sessions) as session:
-        study_name = repo.find_job_or_raise(session, slot.job_id,
-                                            tenant=repo.EVERY_TENANT).study_name
-        ended = _update_slot(session, repo.slot_key(slot.job_id, slot.slot)
-                             & (TrialSlotModel.attempts == slot.attempts)
-                             & TrialSlotModel.state.in_(("queued", "running")),
-                             state="failed", error=reason, finished_at=utcnow())
-        if ended and slot.kind == repo.CONFIRM:
-            repo.update_confirm_run(session, slot.job_id, slot.slot, state="fail",
-                                    error=reason, finished_at=utcnow())
-    if not ended:
+def _end(rt: Runtime, claims: Sequence[Claim], state: SlotState, error: str | None = None
+         ) -> None:
+    if not claims:
         return
-    if slot.trial_number is not None:
-        rt.studies.tell(study_name, slot.trial_number, "fail", None, reason=reason)
-    _finish_job_if_done(rt, slot.job_id)
-
-
-def _update_slot(session: Session, where: ColumnElement[bool], **values: Any) -> bool:
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(TrialSlotModel).where(where).values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
-
-
-def _record_start(rt: Runtime, claim: Claim, number: int) -> bool:
     with session_scope(rt.sessions) as session:
-        if not _update_slot(session, _owned_by(claim), trial_number=number,
-                            heartbeat_at=utcnow()):
-            return False
-        session.execute(
-            update(JobModel)
-            .where(JobModel.id == claim.job_id, JobModel.status == "queued")
-            .values(status="running", started_at=utcnow())
-        )
-    return True
+        ended = leases.end_slots(session, claims, state, error)
+    if ended:
+        job_status.finish_job_if_done(rt, claims[0].job_id)
 
 
-def report_epoch(rt: Runtime, ticket: TrialTicket, epoch: int, value: float) -> str | None:
-    """Record one epoch; returns why the trial must stop now, or None to go on.
+# One trial at a time: the pack of one that tests and simple callers drive.
 
-    "lost": another delivery took the slot over (nothing more may be written); "job
-    cancelled" / "job failed": the job ended; "pruned": the pruner says stop.
-    """
-    with session_scope(rt.sessions) as session:
-        owned = _update_slot(session, _owned_by(ticket.claim), heartbeat_at=utcnow())
-        job = repo.find_job_or_raise(session, ticket.job_id, tenant=repo.EVERY_TENANT)
-        status = job.status
-    if not owned:
-        return LOST
-    if status in TERMINAL_JOB_STATUSES:
-        return f"job {status}"
-    if ticket.number is None:  # a confirmation run is never pruned: it must train to the end
-        return None
-    prune = rt.studies.report(ticket.study_name, ticket.number, epoch, value)
-    return "pruned" if prune else None
+def start_trial(rt: Runtime, job_id: str, slot: int, task_id: str,
+                worker: str = "") -> TrialTicket | None:
+    """Lease one slot and ask for its trial (a pack of one)."""
+    pack = start_pack(rt, job_id, slot, task_id,
+                      worker or f"{socket.gethostname()}:{os.getpid()}")
+    return pack.first if pack is not None else None
+
+
+def report_epoch(rt: Runtime, ticket: TrialTicket, epoch: int, value: float
+                 ) -> StopReason | None:
+    """Record one epoch of a trial trained alone; why it must stop now, or None."""
+    return EpochReports(rt, Pack((ticket,), ONE_AT_A_TIME)).report(ticket, epoch, value)
 
 
 def finish_trial(rt: Runtime, ticket: TrialTicket, outcome: TrialOutcome) -> None:
-    """Tell the study how the trial ended, close the slot, and finish the job when all ended.
-
-    A superseded run writes nothing: the delivery that took its slot over owns the result.
-    """
-    if outcome.reason == LOST or not _owns(rt, ticket.claim):
-        log.warning("trial %s of job %s was taken over; dropping its result",
-                    ticket.number, ticket.job_id)
-        return
-    # "pruned" says nothing the state does not; other reasons ("job cancelled", "diverged: …")
-    # are kept with the trial.
-    reason = None if outcome.reason == "pruned" else outcome.reason
-    if ticket.number is None:
-        with session_scope(rt.sessions) as session:
-            repo.update_confirm_run(
-                session, ticket.job_id, ticket.claim.slot, state=outcome.state,
-                value=outcome.value if outcome.state == "complete" else None,
-                history=list(outcome.history), error=reason, finished_at=utcnow())
-    else:
-        rt.studies.tell(ticket.study_name, ticket.number, outcome.state, outcome.value,
-                        reason=reason)
-    _end_slot(rt, ticket.claim, "done", None)
-
-
-def _owns(rt: Runtime, claim: Claim) -> bool:
-    with session_scope(rt.sessions) as session:
-        return _update_slot(session, _owned_by(claim), heartbeat_at=utcnow())
-
-
-def _end_slot(rt: Runtime, claim: Claim, state: str, error: str | None) -> None:
-    with session_scope(rt.sessions) as session:
-        ended = _update_slot(session, _owned_by(claim), state=state, error=error,
-                             finished_at=utcnow())
-    if ended:
-        _finish_job_if_done(rt, claim.job_id)
-
-
-def _finish_job_if_done(rt: Runtime, job_id: str) -> None:
-    with session_scope(rt.sessions) as session:
-        states = repo.slot_states(session, job_id)
-        if any(repo.split_slot_key(s)[1] not in repo.TERMINAL_SLOT_STATES for s in states):
-            return
-        confirmed = any(repo.split_slot_key(s)[0] == repo.CONFIRM for s in states)
-        job = repo.find_job_or_raise(session, job_id, tenant=repo.EVERY_TENANT)
-        spec = JobCreate.model_validate(job.spec)
-        study_name, status, n_trials = job.study_name, job.status, job.n_trials
-    records = rt.studies.records(study_name, spec)
-    # Every slot has ended, so no worker runs these: each worker died between asking for its
-    # trial and recording it.
-    fail_lost_trials(rt, study_name, [r.number for r in records if r.state == "running"])
-    if status not in TERMINAL_JOB_STATUSES:
-        if any(r.state == "complete" for r in records):
-            if confirmed or not _start_confirmation(rt, job_id, n_trials, spec, records):
-                _set_final_status(rt, job_id, "succeeded", None)
-        else:
-            reasons = sorted({r.fail_reason for r in records if r.fail_reason})
-            _set_final_status(rt, job_id, "failed", "no trial completed" + (
-                ": " + "; ".join(reasons[:3]) if reasons else ""))
-    if any(r.state == "waiting" for r in records):
-        rt.studies.fail_waiting(study_name, NEVER_RUN)
-
-
-def _start_confirmation(rt: Runtime, job_id: str, n_trials: int, spec: JobCreate,
-                        records: list[TrialRecord]) -> bool:
-    """The search has ended: queue the confirmation runs; False when there are none to run
-    (no plan, or nothing completed). Several workers may end the search's last slots at
-    once; the runs' keys make only one of them insert, and all of them return True."""
-    plan = confirmation.plan_for(spec)
-    if plan is None:
-        return False
-    candidates = confirmation.pick_candidates(records, spec, plan)
-    if not candidates:
-        return False
-    seeds = [confirmation.confirm_seed(spec.seed, i) for i in range(plan.seeds)]
-    try:
-        with session_scope(rt.sessions) as session:
-            slots = repo.add_confirm_runs(session, job_id=job_id, first_slot=n_trials,
-                                          candidates=candidates, seeds=seeds)
-    except IntegrityError:
-        return True  # another process queued them
-    log.info("job %s: search ended; confirming %d configurations on %d seeds", job_id,
-             len(candidates), len(seeds))
-    dispatch(rt, job_id, slots)
-    return True
-
-
-def _set_final_status(rt: Runtime, job_id: str, status: str, error: str | None) -> None:
-    with session_scope(rt.sessions) as session:
-        session.execute(
-            update(JobModel)
-            .where(JobModel.id == job_id, JobModel.status.in_(("queued", "running")))
-            .values(status=status, error=error, finished_at=utcnow())
-        )
-
-
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    """The search cannot go on: the job fails, queued slots are dropped, and running trials
-    stop at their next epoch."""
-    log.error("job %s failed: %s", job_id, reason)
-    _set_final_status(rt, job_id, "failed", reason)
-    with session_scope(rt.sessions) as session:
-        lost = repo.cancel_open_slots(session, job_id=job_id)
-        study_name = repo.find_job_or_raise(session, job_id,
-                                            tenant=repo.EVERY_TENANT).study_name
-    close_study(rt, study_name, lost)
-
-
-@contextmanager
-def keep_alive(rt: Runtime, ticket: TrialTicket) -> Iterator[None]:
-    """Heartbeat the slot from a thread while a long epoch runs, so it is not taken for lost."""
-    stop = threading.Event()
-    interval = max(1.0, rt.settings.stale_after_s / 4)
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                with session_scope(rt.sessions) as session:
-                    _update_slot(session, _owned_by(ticket.claim), heartbeat_at=utcnow())
-            except Exception:  # a missed beat is retried; the trial itself goes on
-                log.warning("heartbeat of %s/%s failed", ticket.job_id, ticket.claim.slot,
-                            exc_info=True)
-
-    thread = threading.Thread(target=beat, name="tuner-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    """Tell how a trial trained alone ended."""
+    finish_pack(rt, Pack((ticket,), ONE_AT_A_TIME), [outcome])

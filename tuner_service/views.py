@@ -13,6 +13,7 @@ from tuner_service.schemas import (
     BestTrial,
     ConfirmationProgress,
     JobPublic,
+    PackingPublic,
     TrialCounts,
     TrialPublic,
 )
@@ -64,6 +65,7 @@ def job_public(overview: JobOverview) -> JobPublic:
         confirmation=_confirmation_progress(overview.slots),
         trial_counts=TrialCounts(**study.counts),
         best=_best(best.number, best.value, best.config) if best else None,
+        packing=PackingPublic.model_validate(job.packing) if job.packing else None,
         spec=overview.spec,
     )
 
@@ -94,4 +96,5 @@ def trial_public(record: TrialRecord) -> TrialPublic:
         fail_reason=record.fail_reason,
         is_baseline=record.is_baseline,
         worker=record.worker,
+        pack_size=record.pack_size,
     )

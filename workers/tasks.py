@@ -7,22 +7,27 @@ import logging
 import os
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tuner_service import trials
+from tuner_service import job_status, leases, trials
 from tuner_service.config import Settings
 from tuner_service.datasets.store import BlobMissing
+from tuner_service.model_size import estimate_training_memory
 from tuner_service.model_sources import files as model_files
 from tuner_service.model_sources.types import ModelDescription
 from tuner_service.queue import INSPECT_MODEL_TASK, RUN_TRIAL_TASK
 from tuner_service.runtime import Runtime, build_runtime
-from tuner_service.schemas import DataDescription
+from tuner_service.schemas import DataDescription, JobCreate
 from tuner_service.studies import STORAGE_ERRORS
 from workers.celery_app import app
 from workers.dataset_cache import CorruptDataset, DatasetCache
+
+if TYPE_CHECKING:
+    from workers.training import TrainSpec
 
 log = logging.getLogger(__name__)
 # Infrastructure failures: retried with backoff, the trial itself is not to blame.
@@ -101,39 +106,71 @@ def inspect_model(model_id: str) -> None:
 @app.task(name=RUN_TRIAL_TASK, bind=True, autoretry_for=INFRASTRUCTURE_ERRORS,
           retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=8)
 def run_trial(self: Task, job_id: str, slot: int) -> None:
-    """Run one trial slot of a job (safe to deliver more than once)."""
+    """Run a trial slot of a job, packed with as many more of its slots as this worker can
+    train in the same pass (safe to deliver more than once)."""
     rt = runtime()
     worker = f"{self.request.hostname}:{os.getpid()}"
-    ticket = trials.start_trial(rt, job_id, slot, str(self.request.id), worker)
-    if ticket is None:
+    pack = trials.start_pack(rt, job_id, slot, str(self.request.id), worker,
+                             assess=functools.partial(assess, rt))
+    if pack is None:
         return
-    outcome = train_ticket(rt, ticket)
-    trials.finish_trial(rt, ticket, outcome)
+    outcomes = train_pack(rt, pack)
+    trials.finish_pack(rt, pack, outcomes)
 
 
-def train_ticket(rt: Runtime, ticket: trials.TrialTicket) -> trials.TrialOutcome:
-    """Train one ticket; a failure of the trial itself becomes a ``fail`` outcome."""
-    from workers.training import SetupError, TrainSpec, train
+def train_spec(rt: Runtime, spec: JobCreate, data: DataDescription, model: ModelDescription,
+               init_seed: int | None = None) -> TrainSpec:
+    """The training part of a job, with its files on this host."""
+    from workers.training import TrainSpec
 
-    def on_epoch(epoch: int, value: float) -> str | None:
-        return trials.report_epoch(rt, ticket, epoch, value)
+    return TrainSpec.from_job(spec, data, init_seed=init_seed, data_file=data_file(data),
+                              model_file=model_file(model),
+                              max_params=rt.settings.max_model_params)
+
+
+def assess(rt: Runtime, context: trials.JobContext) -> trials.WorkerFit:
+    """How many copies of the job's model fit this worker's free memory, and whether the
+    model can be packed at all (building it once per job and process)."""
+    from workers.capacity import free_memory_bytes
+    from workers.training import pack_problem
+
+    per_copy = estimate_training_memory(context.spec, context.data, context.model).total_bytes
+    fit = max(1, free_memory_bytes() // (2 * max(1, per_copy)))
+    try:
+        problem = pack_problem(train_spec(rt, context.spec, context.data, context.model))
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as error:  # training alone will meet (and report) the same problem
+        problem = f"{type(error).__name__}: {error}"[:300]
+    return trials.WorkerFit(memory_fit=fit, problem=problem)
+
+
+def train_pack(rt: Runtime, pack: trials.Pack) -> list[trials.TrialOutcome]:
+    """Train a pack's configurations in one pass; a failure of the training itself becomes
+    a ``fail`` outcome for each (a failure of the setup also fails the job)."""
+    from workers.training import SetupError, train
+
+    first = pack.first
+    reports = trials.EpochReports(rt, pack)
+    hooks = [functools.partial(reports.report, ticket) for ticket in pack.tickets]
+
+    def every(reason: str) -> list[trials.TrialOutcome]:
+        return [trials.TrialOutcome("fail", reason=reason)] * len(pack.tickets)
 
     try:
-        with trials.keep_alive(rt, ticket):
-            spec = TrainSpec.from_job(ticket.spec, ticket.data, init_seed=ticket.init_seed,
-                                      data_file=data_file(ticket.data),
-                                      model_file=model_file(ticket.model),
-                                      max_params=rt.settings.max_model_params)
-            result = train(spec, [ticket.config], [on_epoch])[0]
+        with leases.keep_alive(rt, pack.claims):
+            spec = train_spec(rt, first.spec, first.data, first.model, first.init_seed)
+            results = train(spec, [ticket.config for ticket in pack.tickets], hooks)
     except INFRASTRUCTURE_ERRORS:
         raise
     except SetupError as error:  # no configuration can succeed: stop the search
-        trials.fail_job(rt, ticket.job_id, str(error))
-        return trials.TrialOutcome("fail", reason=str(error))
+        job_status.fail_job(rt, first.job_id, str(error))
+        return every(str(error))
     except SoftTimeLimitExceeded:
-        return trials.TrialOutcome("fail", reason="trial exceeded its time limit")
-    except Exception as error:  # this configuration failed; the search goes on
-        log.warning("trial %s of job %s failed", ticket.number, ticket.job_id, exc_info=True)
+        return every("trial exceeded its time limit")
+    except Exception as error:  # these configurations failed; the search goes on
+        log.warning("trials %s of job %s failed", [t.number for t in pack.tickets],
+                    first.job_id, exc_info=True)
         last = traceback.format_exception_only(error)[-1].strip()
-        return trials.TrialOutcome("fail", reason=f"training error: {last}"[:500])
-    return trials.TrialOutcome(result.state, result.value, result.reason, result.history)
+        return every(f"training error: {last}"[:500])
+    return [trials.TrialOutcome(r.state, r.value, r.reason, r.history) for r in results]

@@ -33,12 +33,13 @@ CONFIG = {"class_name": "Functional", "module": "keras", "config": {"layers": []
 def keras_zip(config: dict[str, Any] | None = None, *, extra: str | None = None) -> bytes:
     """A zip shaped like a .keras archive (its content is only checked by a worker)."""
     buffer = io.BytesIO()
+    members = [("config.json", json.dumps(config or CONFIG).encode()),
+               ("metadata.json", json.dumps({"keras_version": "3.15.1"}).encode()),
+               ("model.weights.h5", b"\x89HDF\r\n"), *([(extra, b"x")] if extra else [])]
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("config.json", json.dumps(config or CONFIG))
-        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
-        archive.writestr("model.weights.h5", b"\x89HDF\r\n")
-        if extra:
-            archive.writestr(extra, b"x")
+        for name, content in members:
+            # A fixed time: the same content makes the same bytes, whenever it is zipped.
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content)
     return buffer.getvalue()
 
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.test_jobs_validation import GOOD
-from tuner_service import trials
+from tuner_service import job_status, trials
 from tuner_service.db.repository import count_rows
 from tuner_service.db.session import session_scope
 from tuner_service.runtime import Runtime
@@ -111,7 +111,7 @@ def test_an_ended_job_has_no_waiting_trials(client: TestClient, spec: dict[str, 
 
 def test_a_job_that_fails_keeps_no_waiting_trials(client: TestClient, runtime: Runtime) -> None:
     job_id = client.post("/v1/jobs", json=GOOD).json()["id"]
-    trials.fail_job(runtime, job_id, "the data set cannot be loaded")
+    job_status.fail_job(runtime, job_id, "the data set cannot be loaded")
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["trial_counts"]["waiting"] == 0
 

@@ -19,8 +19,8 @@ def test_upgrade_creates_our_tables_with_their_own_version_table(settings: Setti
         with engine.connect() as connection:
             ours = connection.execute(text("SELECT version_num FROM tuner_alembic_version"))
             optunas = connection.execute(text("SELECT version_num FROM alembic_version"))
-            assert ours.scalar() == "0005"
-            assert optunas.scalar() not in ("0001", "0002", "0003", "0004", "0005")
+            assert ours.scalar() == "0006"
+            assert optunas.scalar() not in ("0001", "0002", "0003", "0004", "0005", "0006")
     finally:
         engine.dispose()
 

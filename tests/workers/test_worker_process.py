@@ -19,7 +19,7 @@ def test_children_are_recycled_and_every_trial_is_distinct(
         job_id = stack.submit({
             "model": {"builtin": "logistic_regression"},
             "dataset": {"builtin": "digits", "max_samples": 200},
-            "budget": {"n_trials": 5, "epochs": 1}, "sampler": "random",
+            "budget": {"n_trials": 5, "epochs": 1, "pack": 1}, "sampler": "random",
         })
         assert stack.wait(job_id)["status"] == "succeeded"
         trials = stack.client.get(f"/v1/jobs/{job_id}/trials").json()["items"]

@@ -71,6 +71,8 @@ class JobModel(Base):
     # The same for an uploaded model file, and what the job's model was (any source).
     model_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
     model: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The latest pack a worker trained for this job: {"size": K, "reason": why that size}.
+    packing: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     n_trials: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

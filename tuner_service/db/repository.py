@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, defer
 from tuner_service.adam import AdamConfig
 from tuner_service.confirmation import Candidate, ConfirmRun
 from tuner_service.db.models import ConfirmRunModel, JobModel, TrialSlotModel, aware, utcnow
+from tuner_service.states import ENDED_SLOT_STATES
 
-TERMINAL_SLOT_STATES = ("done", "cancelled", "failed")
+TERMINAL_SLOT_STATES = tuple(sorted(ENDED_SLOT_STATES))
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_job makes them
 
 
@@ -228,6 +229,18 @@ def add_confirm_runs(session: Session, *, job_id: str, first_slot: int,
         slots.append(number)
     session.flush()
     return slots
+
+
+def confirm_slots_on_seed(job_id: str, seed: int) -> Select[int]:
+    """The slots of a job's confirmation runs on ``seed`` (a subquery)."""
+    return select(ConfirmRunModel.slot).where(ConfirmRunModel.job_id == job_id,
+                                              ConfirmRunModel.seed == seed)
+
+
+def set_packing(session: Session, job_id: str, packing: dict[str, Any]) -> None:
+    """Note how the job's latest pack was sized, and why."""
+    session.execute(update(JobModel).where(JobModel.id == job_id).values(packing=packing)
+                    .execution_options(synchronize_session=False))
 
 
 def confirm_runs(session: Session, job_id: str) -> list[ConfirmRun]:
