@@ -15,8 +15,11 @@ from tests.conftest import WorkerStack, make_settings, running_stack
 from tests.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.slow
+# One trial per pass: the restart must fall while some trials have ended and one is training
+# (a pack of five trains all of them in about a second; lost packs are tests/test_packs.py's
+# and test_end_to_end's).
 JOB = {"model": {"builtin": "logistic_regression"}, "dataset": {"builtin": "digits"},
-       "budget": {"n_trials": 5, "epochs": 12}, "pruner": "none"}
+       "budget": {"n_trials": 5, "epochs": 12, "pack": 1}, "pruner": "none"}
 
 
 @pytest.fixture
